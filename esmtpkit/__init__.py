@@ -1,0 +1,36 @@
+"""
+esmtpkit: a framework for writing SMTP/ESMTP servers on Twisted.
+
+Write one class implementing L{IESMTPHandler} (usually by subclassing
+L{ESMTPHandler}); esmtpkit calls its hooks as each SMTP conversation goes.
+Run it with C{twistd -n esmtpkit --handler mod.Class}, or from Twisted code
+with L{ESMTPFactory} or L{ESMTPService}.
+"""
+
+from .factory import ESMTPFactory
+from .handler import ESMTPHandler
+from .interfaces import IESMTPHandler
+from .protocol import ESMTPProtocol
+from .received import receivedHeader
+from .reply import Reply, ReplyError
+from .service import ESMTPService
+from .session import Recipient, Session, TLSInfo, Transaction
+from .settings import Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ESMTPFactory",
+    "ESMTPHandler",
+    "ESMTPProtocol",
+    "ESMTPService",
+    "IESMTPHandler",
+    "Recipient",
+    "Reply",
+    "ReplyError",
+    "Session",
+    "Settings",
+    "TLSInfo",
+    "Transaction",
+    "receivedHeader",
+]

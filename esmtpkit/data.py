@@ -1,0 +1,145 @@
+"""
+Parsing the content of DATA: header lines (with unfolding) and the body
+stream (dot-unstuffing and the end-of-data marker), as pure state machines
+with no I/O.
+
+Only C{<CR><LF>.<CR><LF>} ends the data (RFC 5321 section 4.1.1.4); a line
+start is the position after a CRLF, so C{<LF>.<LF>} and similar near misses
+are ordinary content.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["HeaderParser", "BodyScanner", "HEADER", "CONTINUATION", "END", "BODY"]
+
+HEADER = "header"
+CONTINUATION = "continuation"
+END = "end"
+BODY = "body"
+
+_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:[ \t]*", re.S)
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+class HeaderParser:
+    """
+    Classifies the lines of a message's header section one at a time and
+    unfolds continuation lines.
+
+    Each call to L{line} returns what kind of line it was and the header, if
+    any, that it completed; a header is only complete once the next line is
+    known not to continue it.
+    """
+
+    __slots__ = ("_name", "_parts")
+
+    def __init__(self) -> None:
+        self._name: bytes | None = None
+        self._parts: list[bytes] = []
+
+    def line(self, line: bytes) -> tuple[str, tuple[str, str] | None]:
+        """
+        Classify one line (without its CRLF, dot-stuffing undone).
+
+        @return: C{(kind, completed)}: C{kind} is L{HEADER} (a new field
+            starts), L{CONTINUATION} (a folded line of the current field),
+            L{END} (the empty line that ends the headers) or L{BODY} (a line
+            that is not a header: the headers ended and this line is the
+            first of the body); C{completed} is the C{(name, value)} field
+            this line completed, or L{None}.
+        """
+        if not line:
+            return END, self.finish()
+        first = line[0]
+        if first in (0x20, 0x09):
+            if self._name is None:
+                return BODY, None
+            self._parts.append(line)
+            return CONTINUATION, None
+        match = _FIELD.match(line)
+        if match is None:
+            return BODY, self.finish()
+        completed = self.finish()
+        self._name = match.group(1)
+        self._parts = [line[match.end() :]]
+        return HEADER, completed
+
+    def finish(self) -> tuple[str, str] | None:
+        """
+        Complete the pending field, if any (at the end of the headers).
+        """
+        if self._name is None:
+            return None
+        name, parts = self._name, self._parts
+        self._name = None
+        self._parts = []
+        value = parts[0] if len(parts) == 1 else b"".join(parts)
+        return _text(name), _text(value)
+
+
+class BodyScanner:
+    """
+    Finds the end-of-data marker in a stream of body bytes that arrives in
+    arbitrary pieces, and undoes dot-stuffing on the way.
+
+    L{feed} returns the content bytes it could decide on and, once the
+    marker has been seen, the bytes that followed it (the next pipelined
+    commands). At most two bytes are held back between calls (a dot at the
+    start of a line, and a CR that may be followed by LF).
+    """
+
+    __slots__ = ("_tail", "_atLineStart")
+
+    def __init__(self, atLineStart: bool = True) -> None:
+        self._tail = b""
+        self._atLineStart = atLineStart
+
+    def feed(self, data: bytes) -> tuple[list[bytes], bytes | None]:
+        """
+        Scan the next bytes of the stream.
+
+        @return: C{(pieces, leftover)}: C{pieces} are content bytes in order
+            (join them); C{leftover} is L{None} while the message goes on, and
+            the bytes after C{<CR><LF>.<CR><LF>} (possibly empty) once it
+            ended. The CRLF before the final dot is content.
+        """
+        buf = self._tail + data if self._tail else data
+        self._tail = b""
+        pieces: list[bytes] = []
+        start = 0
+        if self._atLineStart and buf[:1] == b".":
+            dot = 0
+        else:
+            found = buf.find(b"\r\n.")
+            dot = found + 2 if found >= 0 else -1
+        while dot >= 0:
+            after = buf[dot + 1 : dot + 3]
+            if dot > start:
+                pieces.append(buf[start:dot])
+            if after == b"\r\n":
+                self._atLineStart = True
+                return pieces, buf[dot + 3 :]
+            if after == b"" or after == b"\r":
+                self._tail = buf[dot:]
+                self._atLineStart = True
+                return pieces, None
+            start = dot + 1
+            found = buf.find(b"\r\n.", start)
+            dot = found + 2 if found >= 0 else -1
+        end = len(buf)
+        if buf.endswith(b"\r\n"):
+            self._atLineStart = True
+        elif buf.endswith(b"\r"):
+            end -= 1
+            self._tail = b"\r"
+            self._atLineStart = False
+        else:
+            self._atLineStart = end == 0 and self._atLineStart
+        if end > start:
+            pieces.append(buf[start:end] if start or end != len(buf) else buf)
+        return pieces, None

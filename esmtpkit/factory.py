@@ -1,0 +1,99 @@
+"""
+L{ESMTPFactory}: builds an L{ESMTPProtocol} and a handler per connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
+
+from .protocol import ESMTPProtocol
+from .settings import Settings
+
+__all__ = ["ESMTPFactory", "HandlerFactory"]
+
+HandlerFactory = Callable[[], Any]
+"""
+Anything that, called with no arguments, returns a new
+L{IESMTPHandler <esmtpkit.IESMTPHandler>}: usually the handler class.
+"""
+
+
+class ESMTPFactory(ServerFactory):
+    """
+    A factory for SMTP server connections; give it to any stream endpoint
+    (C{tcp:}, C{ssl:}, C{unix:}, C{haproxy:}, ...).
+
+        >>> factory = ESMTPFactory(MyHandler, hostname="mx.example.org")
+        >>> endpoint.listen(factory)
+
+    @ivar handlerFactory: called once per connection for its handler.
+    @ivar settings: the L{Settings} of every connection.
+    @ivar clock: the reactor (or L{Clock <twisted.internet.task.Clock>})
+        used for timeouts.
+    @ivar log: the L{Logger} that connections log through, filtered at
+        C{settings.logLevel}.
+    @ivar connections: the open connections.
+    """
+
+    protocol = ESMTPProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        handlerFactory: HandlerFactory,
+        settings: Settings | None = None,
+        *,
+        clock: IReactorTime | None = None,
+        logObserver: ILogObserver | None = None,
+        **overrides: Any,
+    ) -> None:
+        """
+        @param handlerFactory: a handler class, or any callable returning a
+            new handler.
+        @param settings: the server L{Settings}; keyword C{overrides} (any
+            L{Settings} field, such as C{hostname=...}) replace fields of it.
+        @param clock: the time source; the global reactor by default.
+        @param logObserver: where log events go; the global log publisher
+            by default.
+        """
+        if not callable(handlerFactory):
+            raise TypeError(f"{handlerFactory!r} is not callable")
+        self.handlerFactory = handlerFactory
+        self.settings = replace(settings or Settings(), **overrides)
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor  # type: ignore[assignment]
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        observer = FilteringLogObserver(
+            logObserver if logObserver is not None else globalLogPublisher,
+            [LogLevelFilterPredicate(defaultLogLevel=self.settings.logLevel)],
+        )
+        self.log = Logger(namespace="esmtpkit", observer=observer)
+        self.connections: set[ESMTPProtocol] = set()
+
+    def buildProtocol(self, addr: IAddress) -> ESMTPProtocol:
+        return self.protocol(self)
+
+    def connectionOpened(self, protocol: ESMTPProtocol) -> None:
+        """
+        Called by a connection once it is made.
+        """
+        self.connections.add(protocol)
+
+    def connectionClosed(self, protocol: ESMTPProtocol) -> None:
+        """
+        Called by a connection once it is lost.
+        """
+        self.connections.discard(protocol)

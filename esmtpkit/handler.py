@@ -1,0 +1,134 @@
+"""
+L{ESMTPHandler}: every hook of L{IESMTPHandler} with its default reply.
+Subclass it and override only the hooks you need.
+"""
+
+from __future__ import annotations
+
+from zope.interface import implementer
+
+from .command import MAIL_PARAMETERS, RCPT_PARAMETERS
+from .interfaces import IESMTPHandler
+from .reply import Reply
+from .session import Params, Session
+
+__all__ = ["ESMTPHandler", "VERSION_TEXT"]
+
+VERSION_TEXT = "esmtpkit"
+
+
+@implementer(IESMTPHandler)
+class ESMTPHandler:
+    """
+    A handler that carries on a correct SMTP conversation and does nothing
+    with the mail: every hook gives the default reply of
+    Apache2::Protocol::ESMTP (with enhanced status codes).
+
+    @ivar session: the connection's L{Session}, set by esmtpkit.
+    @ivar disconnect: set to C{True} to close after the current reply.
+    """
+
+    session: Session
+    disconnect: bool = False
+
+    def CONNECT(self) -> Reply | None:
+        return Reply(220, f"{self.session.hostname} ESMTP Mail Server")
+
+    def HELO(self, domain: str) -> Reply | None:
+        return Reply(250, _hello(self.session, domain))
+
+    def EHLO(self, domain: str) -> Reply | None:
+        return Reply(250, _hello(self.session, domain))
+
+    def MAIL(self, sender: str, params: Params) -> Reply | None:
+        """
+        Accept the sender; refuse parameters esmtpkit does not know (a
+        handler that understands more overrides this).
+        """
+        return _unknownParameter(params, MAIL_PARAMETERS) or Reply(
+            250, f"<{sender}>, sender ok", enhanced="2.1.0"
+        )
+
+    def RCPT(self, recipient: str, params: Params) -> Reply | None:
+        """
+        Accept the recipient; refuse parameters esmtpkit does not know.
+        """
+        return _unknownParameter(params, RCPT_PARAMETERS) or Reply(
+            250, f"<{recipient}>, recipient ok", enhanced="2.1.5"
+        )
+
+    def DATA(self) -> Reply | None:
+        return Reply(354, 'Enter mail, end with "." on a line by itself')
+
+    def HEADER(self, name: str, value: str) -> None:
+        return None
+
+    def EOH(self) -> None:
+        return None
+
+    def BODY(self, chunk: bytes) -> None:
+        return None
+
+    def EOM(self) -> Reply | None:
+        transaction = self.session.transaction
+        queued = f" as {transaction.id}" if transaction is not None else ""
+        return Reply(250, f"Message accepted for delivery{queued}", enhanced="2.0.0")
+
+    def ABORT(self) -> None:
+        return None
+
+    def RSET(self) -> Reply | None:
+        return Reply(250, "OK", enhanced="2.0.0")
+
+    def NOOP(self) -> Reply | None:
+        return Reply(250, "OK", enhanced="2.0.0")
+
+    def VRFY(self, address: str) -> Reply | None:
+        return Reply(
+            252, "Cannot VRFY user; try RCPT to attempt delivery", enhanced="2.5.0"
+        )
+
+    def EXPN(self, address: str) -> Reply | None:
+        return Reply(502, "Sorry we don't allow this operation", enhanced="5.5.1")
+
+    def HELP(self, topic: str | None) -> Reply | None:
+        return Reply(
+            214,
+            f"This is {VERSION_TEXT}",
+            "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN",
+            enhanced="2.0.0",
+        )
+
+    def QUIT(self) -> Reply | None:
+        return Reply(221, "Closing connection", enhanced="2.0.0")
+
+    def UNKNOWN(self, line: str) -> Reply | None:
+        shown = "".join(c if c.isprintable() else "?" for c in line[:64])
+        return Reply(500, f"Command unrecognized: {shown}", enhanced="5.5.2")
+
+    def DISCONNECT(self) -> None:
+        return None
+
+
+def _unknownParameter(params: Params, known: frozenset[str]) -> Reply | None:
+    for keyword in params:
+        if keyword not in known:
+            return Reply(555, f"Unsupported parameter {keyword}", enhanced="5.5.4")
+    return None
+
+
+def _hello(session: Session, domain: str) -> str:
+    peer = session.peerHost
+    where = f" [{peer}]" if peer else ""
+    return f"{session.hostname} Hello {domain}{where}, pleased to meet you"
+
+
+def defaultReply(hook: str, handler: object, args: tuple[object, ...]) -> Reply:
+    """
+    The reply L{ESMTPHandler} would give for C{hook}, for a handler whose
+    hook returned L{None}.
+    """
+    method = getattr(ESMTPHandler, hook)
+    reply = method(handler, *args)
+    assert isinstance(reply, Reply)
+    return reply

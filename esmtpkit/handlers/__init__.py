@@ -1,0 +1,12 @@
+"""
+Ready-made handlers.
+
+  - L{Sink}: accepts every message and keeps nothing (benchmarks, tests).
+  - L{Maildir}: delivers every message into a Maildir (the default of
+    C{twistd esmtpkit}).
+"""
+
+from .maildir import Maildir
+from .sink import Sink
+
+__all__ = ["Maildir", "Sink"]

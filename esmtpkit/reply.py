@@ -1,0 +1,169 @@
+"""
+SMTP replies: the L{Reply} value type, L{ReplyError}, and how replies are
+written on the wire.
+
+A reply is a three-digit code and one or more lines of text (RFC 5321
+section 4.2). Replies with a 2xx, 4xx or 5xx code may carry an enhanced
+status code (RFC 3463, advertised with ENHANCEDSTATUSCODES, RFC 2034), such as
+C{2.1.5}; esmtpkit writes one on every such reply except the greeting and the
+HELO/EHLO replies, as RFC 2034 asks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Union
+
+__all__ = ["Reply", "ReplyError", "ReplyLike", "toReply"]
+
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Reply:
+    """
+    An SMTP reply: a code, text lines, and an optional enhanced status code.
+
+    C{Reply(250, "OK")}, C{Reply(550, "5.7.1 Relaying denied")} (the enhanced
+    code may lead the first line, or be given as C{enhanced="5.7.1"}), and
+    C{Reply(250, "first line", "second line")} for a multi-line reply.
+
+    Text is sanitised: control characters (CR and LF among them) become
+    spaces, so a handler can never inject a second reply into the stream.
+
+    @ivar code: the three-digit reply code, 200 to 599.
+    @ivar lines: the text lines, at least one (possibly empty).
+    @ivar enhanced: the enhanced status code such as C{"2.1.0"}, or L{None}
+        when none was given; see L{Reply.withEnhanced}.
+    """
+
+    __slots__ = ("code", "lines", "enhanced")
+
+    code: int
+    lines: tuple[str, ...]
+    enhanced: str | None
+
+    def __init__(self, code: int, *lines: str, enhanced: str | None = None) -> None:
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise TypeError(f"reply code must be an int, not {code!r}")
+        if not 200 <= code <= 599:
+            raise ValueError(f"reply code {code} is not between 200 and 599")
+        clean = [_UNSAFE.sub(" ", str(line)) for line in lines] or [""]
+        if enhanced is None:
+            match = _ENHANCED.match(clean[0])
+            if match is not None:
+                enhanced = clean[0][: match.end()].strip()
+                clean[0] = clean[0][match.end() :]
+        if enhanced is not None:
+            match = _ENHANCED.match(enhanced)
+            if match is None or match.end() != len(enhanced):
+                raise ValueError(f"{enhanced!r} is not an enhanced status code")
+            if int(match.group(1)) != code // 100:
+                # RFC 3463: the class must agree with the reply code.
+                enhanced = None
+        self.code = code
+        self.lines = tuple(clean)
+        self.enhanced = enhanced
+
+    @property
+    def text(self) -> str:
+        """
+        The text lines joined with newlines (for logs and assertions).
+        """
+        return "\n".join(self.lines)
+
+    @property
+    def positive(self) -> bool:
+        """
+        C{True} for a 2xx or 3xx reply.
+        """
+        return self.code < 400
+
+    def withEnhanced(self, enhanced: str) -> Reply:
+        """
+        This reply, given C{enhanced} as its enhanced status code if it has
+        none of its own.
+        """
+        if self.enhanced is not None:
+            return self
+        return Reply(self.code, *self.lines, enhanced=enhanced)
+
+    def toBytes(self, enhanced: bool = True) -> bytes:
+        """
+        The reply as it goes on the wire: C{"250-..."} for every line but the
+        last, C{"250 ..."} for the last, each ended by CRLF.
+
+        @param enhanced: whether to write the enhanced status code (when the
+            reply has one) after the reply code on each line.
+        """
+        code = str(self.code)
+        prefix = ""
+        if enhanced and self.enhanced is not None:
+            prefix = self.enhanced + " "
+        last = len(self.lines) - 1
+        out = []
+        for index, line in enumerate(self.lines):
+            sep = " " if index == last else "-"
+            text = prefix + line if (prefix or line) else ""
+            out.append(f"{code}{sep}{text}".rstrip(" ") + "\r\n")
+        return "".join(out).encode("utf-8", "surrogateescape")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Reply):
+            return NotImplemented
+        return (self.code, self.lines, self.enhanced) == (
+            other.code,
+            other.lines,
+            other.enhanced,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.lines, self.enhanced))
+
+    def __repr__(self) -> str:
+        extra = f", enhanced={self.enhanced!r}" if self.enhanced else ""
+        lines = ", ".join(repr(line) for line in self.lines)
+        return f"Reply({self.code}, {lines}{extra})"
+
+
+ReplyLike = Union[Reply, Sequence[object]]
+"""
+What a reply hook may return: a L{Reply}, or a tuple C{(code, "line", ...)}
+as in Apache2::Protocol::ESMTP.
+"""
+
+
+def toReply(value: object) -> Reply:
+    """
+    Convert what a hook returned into a L{Reply}.
+
+    @param value: a L{Reply}, or a tuple or list whose first item is the
+        integer code and whose other items are text lines.
+    @raise TypeError: C{value} is neither.
+    @raise ValueError: the code or enhanced code is out of range.
+    """
+    if isinstance(value, Reply):
+        return value
+    if isinstance(value, (tuple, list)) and value:
+        code, *lines = value
+        if isinstance(code, int):
+            return Reply(code, *(str(line) for line in lines))
+    raise TypeError(f"a hook returned {value!r}, which is not a reply")
+
+
+class ReplyError(Exception):
+    """
+    Raise this from any hook to answer with a given reply.
+
+    From a reply hook (MAIL, RCPT, ...) it is the same as returning the reply.
+    From HEADER, EOH or BODY it refuses the message: no more content hooks are
+    called, the transaction is aborted, and the reply is sent once the client
+    has finished sending the message.
+
+    C{ReplyError(550, "5.7.1 No thanks")} or C{ReplyError(Reply(...))}.
+    """
+
+    def __init__(self, code: int | Reply, *lines: str) -> None:
+        self.reply = code if isinstance(code, Reply) else Reply(code, *lines)
+        super().__init__(self.reply)

@@ -1,0 +1,164 @@
+"""
+Per-connection and per-transaction state that handlers can read.
+
+The protocol owns these objects and updates them as the conversation goes;
+handlers read them (C{self.session}) and may hang their own data on
+L{Session.data} and L{Transaction.data}.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.interfaces import IAddress
+
+__all__ = ["Recipient", "Session", "Transaction", "TLSInfo", "Params"]
+
+Params = dict[str, "str | None"]
+"""
+ESMTP parameters of a MAIL or RCPT command: upper-cased keyword to value,
+L{None} for a keyword without a value (C{SMTPUTF8}).
+"""
+
+
+def _newId() -> str:
+    return secrets.token_hex(6).upper()
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """
+    One accepted recipient of a transaction.
+
+    @ivar address: the forward-path address, without angle brackets.
+    @ivar params: its ESMTP parameters.
+    """
+
+    address: str
+    params: Params = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.address
+
+
+@dataclass(frozen=True)
+class TLSInfo:
+    """
+    What a handler may know about the TLS layer of a session.
+
+    @ivar version: the protocol version, such as C{"TLSv1.3"}.
+    @ivar cipher: the cipher suite name.
+    @ivar peerCertificate: the client's certificate, if it sent one.
+    """
+
+    version: str
+    cipher: str
+    peerCertificate: Any = None
+
+
+@dataclass
+class Transaction:
+    """
+    One mail transaction: from an accepted MAIL to the end of the message,
+    RSET, a new HELO/EHLO, or the end of the connection.
+
+    @ivar id: a per-transaction id, the session id with a sequence number.
+    @ivar sender: the reverse-path address without angle brackets; C{""} for
+        the null sender C{MAIL FROM:<>}.
+    @ivar mailParams: the ESMTP parameters of the MAIL command.
+    @ivar recipients: the recipients accepted so far, in order.
+    @ivar headers: the message headers seen so far, unfolded, as
+        C{(name, value)} pairs.
+    @ivar rawHeaders: the header section exactly as received (after
+        dot-unstuffing), including the empty line that ended it if there was
+        one; the message is C{rawHeaders} followed by the BODY chunks.
+    @ivar size: the number of message bytes received so far.
+    @ivar data: free for the handler's own use.
+    """
+
+    id: str
+    sender: str
+    mailParams: Params = field(default_factory=dict)
+    recipients: list[Recipient] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    rawHeaders: bytes = b""
+    size: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Session:
+    """
+    The state of one SMTP connection.
+
+    @ivar id: a random id, used in every log line about this session.
+    @ivar peer: the client's address (an L{IAddress}; behind a C{haproxy:}
+        listener, the address the proxy reported).
+    @ivar host: our own address on this connection.
+    @ivar hostname: the server name used in the greeting and replies.
+    @ivar heloName: the name the client gave in HELO/EHLO, or L{None}.
+    @ivar esmtp: C{True} once the client greeted with EHLO.
+    @ivar tls: L{TLSInfo} while the connection is encrypted, else L{None}.
+    @ivar authenticated: the authenticated identity, or L{None}.
+    @ivar transaction: the current L{Transaction}, or L{None}.
+    @ivar messages: how many messages were accepted on this connection.
+    @ivar data: free for the handler's own use.
+    """
+
+    peer: IAddress | None = None
+    host: IAddress | None = None
+    hostname: str = "localhost"
+    id: str = field(default_factory=_newId)
+    heloName: str | None = None
+    esmtp: bool = False
+    tls: TLSInfo | None = None
+    authenticated: Any = None
+    transaction: Transaction | None = None
+    messages: int = 0
+    transactions: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def peerHost(self) -> str:
+        """
+        The client's IP address as text (or the socket path, or C{""}).
+        """
+        return _addressHost(self.peer)
+
+    @property
+    def withProtocol(self) -> str:
+        """
+        The protocol name for a C{Received:} header's C{with} clause
+        (RFC 3848): SMTP, ESMTP, ESMTPS, ESMTPA or ESMTPSA.
+        """
+        if not self.esmtp:
+            return "SMTP"
+        name = "ESMTP"
+        if self.tls is not None:
+            name += "S"
+        if self.authenticated is not None:
+            name += "A"
+        return name
+
+    def newTransaction(self, sender: str, params: Params) -> Transaction:
+        """
+        Start a transaction for C{sender} (called by the protocol).
+        """
+        self.transactions += 1
+        return Transaction(
+            id=f"{self.id}.{self.transactions}", sender=sender, mailParams=params
+        )
+
+
+def _addressHost(address: IAddress | None) -> str:
+    host = getattr(address, "host", None)
+    if isinstance(host, str):
+        return host
+    name = getattr(address, "name", None)
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "replace")
+    if isinstance(name, str):
+        return name
+    return ""

@@ -1,0 +1,204 @@
+"""
+Test a handler without sockets: L{SMTPTestConnection} runs a real
+L{ESMTPProtocol} over an in-memory transport and a fake clock.
+
+    conn = SMTPTestConnection(MyHandler)
+    assert conn.greeting.code == 220
+    assert conn.command("EHLO client.example").code == 250
+    assert conn.command("MAIL FROM:<a@example.org>").code == 250
+    assert conn.command("RCPT TO:<b@example.org>").code == 250
+    assert conn.sendMessage(b"Subject: hi\\r\\n\\r\\nHello\\r\\n").code == 250
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IAddress
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.logger import ILogObserver, LogEvent
+from zope.interface import implementer
+
+from .factory import ESMTPFactory, HandlerFactory
+from .protocol import ESMTPProtocol
+from .reply import Reply
+from .settings import Settings
+
+__all__ = ["SMTPTestConnection", "parseReplies", "LogCollector"]
+
+
+def parseReplies(data: bytes) -> tuple[list[Reply], bytes]:
+    """
+    Parse complete replies out of server output.
+
+    @return: the replies, and the bytes of an incomplete reply at the end.
+    @raise ValueError: the output is not well-formed SMTP replies.
+    """
+    replies: list[Reply] = []
+    lines: list[str] = []
+    pos = replyStart = 0
+    while True:
+        end = data.find(b"\r\n", pos)
+        if end < 0:
+            break
+        line = data[pos:end].decode("utf-8", "surrogateescape")
+        if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
+            raise ValueError(f"malformed reply line {line!r}")
+        lines.append(line[4:])
+        pos = end + 2
+        if line[3:4] != "-":
+            replies.append(_reply(int(line[:3]), lines))
+            lines = []
+            replyStart = pos
+    return replies, data[replyStart:]
+
+
+def _reply(code: int, lines: list[str]) -> Reply:
+    first = Reply(code, lines[0])
+    enhanced = first.enhanced
+    rest = []
+    for line in lines[1:]:
+        if enhanced and line.startswith(enhanced + " "):
+            line = line[len(enhanced) + 1 :]
+        elif enhanced and line == enhanced:
+            line = ""
+        rest.append(line)
+    return Reply(code, *first.lines, *rest, enhanced=enhanced)
+
+
+@implementer(ILogObserver)
+class LogCollector:
+    """
+    A log observer that keeps the events it sees (in C{events}).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[LogEvent] = []
+
+    def __call__(self, event: LogEvent) -> None:
+        self.events.append(event)
+
+
+class SMTPTestConnection:
+    """
+    One SMTP connection to a handler, in memory.
+
+    @ivar clock: the L{Clock} behind timeouts; C{advance} it to test them.
+    @ivar transport: the in-memory transport (C{value()} is all output).
+    @ivar protocol: the L{ESMTPProtocol}.
+    @ivar factory: the L{ESMTPFactory}.
+    @ivar log: a L{LogCollector} with the connection's log events.
+    @ivar greeting: the greeting reply, or L{None} if the greeting is not
+        out yet (an asynchronous CONNECT hook).
+    """
+
+    def __init__(
+        self,
+        handlerFactory: HandlerFactory,
+        settings: Settings | None = None,
+        *,
+        peer: IAddress | None = None,
+        clock: Clock | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.clock = clock or Clock()
+        self.log = LogCollector()
+        overrides.setdefault("hostname", "mx.example.test")
+        self.factory = ESMTPFactory(
+            handlerFactory, settings, clock=self.clock, logObserver=self.log,
+            **overrides,
+        )
+        peer = peer or IPv4Address("TCP", "192.0.2.1", 49152)
+        self.transport = StringTransportWithDisconnection(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 25), peerAddress=peer
+        )
+        self.protocol: ESMTPProtocol = self.factory.buildProtocol(peer)
+        self.transport.protocol = self.protocol
+        self._read = 0
+        self.protocol.makeConnection(self.transport)
+        replies = self.replies()
+        self.greeting = replies[0] if replies else None
+
+    @property
+    def handler(self) -> Any:
+        """
+        The connection's handler.
+        """
+        return self.protocol.handler
+
+    @property
+    def session(self) -> Any:
+        """
+        The connection's L{Session <esmtpkit.session.Session>}.
+        """
+        return self.protocol.session
+
+    @property
+    def closed(self) -> bool:
+        """
+        Whether the server has closed (or is closing) the connection.
+        """
+        return bool(self.transport.disconnecting) or not self.transport.connected
+
+    def send(self, data: bytes) -> None:
+        """
+        Deliver C{data} to the server as one read.
+        """
+        self.protocol.dataReceived(data)
+
+    def replies(self) -> list[Reply]:
+        """
+        The complete replies written since the last call.
+        """
+        output = self.transport.value()
+        replies, rest = parseReplies(output[self._read :])
+        self._read = len(output) - len(rest)
+        return replies
+
+    def command(self, line: str | bytes) -> Reply:
+        """
+        Send one command line (CRLF is added) and return its reply.
+
+        @raise AssertionError: there was not exactly one reply.
+        """
+        data = line.encode("utf-8") if isinstance(line, str) else line
+        self.send(data + b"\r\n")
+        replies = self.replies()
+        if len(replies) != 1:
+            raise AssertionError(f"expected one reply to {line!r}, got {replies!r}")
+        return replies[0]
+
+    def sendMessage(self, message: bytes) -> Reply:
+        """
+        Send DATA, then C{message} dot-stuffed and terminated, and return
+        the reply to the end of data (after a 354).
+        """
+        reply = self.command("DATA")
+        if reply.code != 354:
+            return reply
+        self.send(dotStuff(message))
+        replies = self.replies()
+        if len(replies) != 1:
+            raise AssertionError(f"expected one reply to the message, got {replies!r}")
+        return replies[0]
+
+    def close(self) -> None:
+        """
+        Drop the connection from the client side.
+        """
+        if self.transport.connected:
+            self.transport.loseConnection()
+
+
+def dotStuff(message: bytes) -> bytes:
+    """
+    C{message} as a client sends it after DATA: dot-stuffed, ending in CRLF,
+    then the terminating C{.} line.
+    """
+    if message and not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    if message.startswith(b"."):
+        message = b"." + message
+    return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
