@@ -71,7 +71,11 @@ def parsePath(arg: str, keyword: str, missing: Reply) -> tuple[str, str]:
     head = keyword + ":"
     if arg[: len(head)].upper() != head:
         raise ReplyError(
-            Reply(501, f"Syntax: {'MAIL FROM' if keyword == 'FROM' else 'RCPT TO'}:<address>", enhanced="5.5.4")
+            Reply(
+                501,
+                f"Syntax: {'MAIL FROM' if keyword == 'FROM' else 'RCPT TO'}:<address>",
+                enhanced="5.5.4",
+            )
         )
     rest = arg[len(head) :].lstrip(" ")
     if not rest:
@@ -79,7 +83,9 @@ def parsePath(arg: str, keyword: str, missing: Reply) -> tuple[str, str]:
     if rest.startswith("<"):
         end = _closingBracket(rest)
         if end < 0:
-            raise ReplyError(Reply(501, "Unbalanced angle brackets in path", enhanced="5.5.4"))
+            raise ReplyError(
+                Reply(501, "Unbalanced angle brackets in path", enhanced="5.5.4")
+            )
         path, params = rest[1:end], rest[end + 1 :]
         if params and not params.startswith(" "):
             raise ReplyError(Reply(501, "Missing space after path", enhanced="5.5.4"))
@@ -130,7 +136,9 @@ def parseParams(text: str, utf8: bool = False) -> Params:
             )
         upper = key.upper()
         if upper in params:
-            raise ReplyError(Reply(501, f"Duplicate parameter {upper}", enhanced="5.5.4"))
+            raise ReplyError(
+                Reply(501, f"Duplicate parameter {upper}", enhanced="5.5.4")
+            )
         params[upper] = value if equals else None
     return params
 

@@ -47,7 +47,7 @@ class ESMTPFactory(ServerFactory):
     @ivar connections: the open connections.
     """
 
-    protocol = ESMTPProtocol  # type: ignore[assignment]
+    protocol = ESMTPProtocol
 
     def __init__(
         self,
@@ -74,8 +74,8 @@ class ESMTPFactory(ServerFactory):
         if clock is None:
             from twisted.internet import reactor
 
-            clock = reactor  # type: ignore[assignment]
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
+            clock = reactor
+        self.clock: IReactorTime = clock
         observer = FilteringLogObserver(
             logObserver if logObserver is not None else globalLogPublisher,
             [LogLevelFilterPredicate(defaultLogLevel=self.settings.logLevel)],
@@ -83,7 +83,7 @@ class ESMTPFactory(ServerFactory):
         self.log = Logger(namespace="esmtpkit", observer=observer)
         self.connections: set[ESMTPProtocol] = set()
 
-    def buildProtocol(self, addr: IAddress) -> ESMTPProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> ESMTPProtocol:
         return self.protocol(self)
 
     def connectionOpened(self, protocol: ESMTPProtocol) -> None:

@@ -9,7 +9,7 @@ from zope.interface import implementer
 
 from .command import MAIL_PARAMETERS, RCPT_PARAMETERS
 from .interfaces import IESMTPHandler
-from .reply import Reply
+from .reply import HookResult, Reply
 from .session import Params, Session
 
 __all__ = ["ESMTPHandler", "VERSION_TEXT"]
@@ -31,16 +31,16 @@ class ESMTPHandler:
     session: Session
     disconnect: bool = False
 
-    def CONNECT(self) -> Reply | None:
+    def CONNECT(self) -> HookResult:
         return Reply(220, f"{self.session.hostname} ESMTP Mail Server")
 
-    def HELO(self, domain: str) -> Reply | None:
+    def HELO(self, domain: str) -> HookResult:
         return Reply(250, _hello(self.session, domain))
 
-    def EHLO(self, domain: str) -> Reply | None:
+    def EHLO(self, domain: str) -> HookResult:
         return Reply(250, _hello(self.session, domain))
 
-    def MAIL(self, sender: str, params: Params) -> Reply | None:
+    def MAIL(self, sender: str, params: Params) -> HookResult:
         """
         Accept the sender; refuse parameters esmtpkit does not know (a
         handler that understands more overrides this).
@@ -49,7 +49,7 @@ class ESMTPHandler:
             250, f"<{sender}>, sender ok", enhanced="2.1.0"
         )
 
-    def RCPT(self, recipient: str, params: Params) -> Reply | None:
+    def RCPT(self, recipient: str, params: Params) -> HookResult:
         """
         Accept the recipient; refuse parameters esmtpkit does not know.
         """
@@ -57,7 +57,7 @@ class ESMTPHandler:
             250, f"<{recipient}>, recipient ok", enhanced="2.1.5"
         )
 
-    def DATA(self) -> Reply | None:
+    def DATA(self) -> HookResult:
         return Reply(354, 'Enter mail, end with "." on a line by itself')
 
     def HEADER(self, name: str, value: str) -> None:
@@ -69,7 +69,7 @@ class ESMTPHandler:
     def BODY(self, chunk: bytes) -> None:
         return None
 
-    def EOM(self) -> Reply | None:
+    def EOM(self) -> HookResult:
         transaction = self.session.transaction
         queued = f" as {transaction.id}" if transaction is not None else ""
         return Reply(250, f"Message accepted for delivery{queued}", enhanced="2.0.0")
@@ -77,21 +77,21 @@ class ESMTPHandler:
     def ABORT(self) -> None:
         return None
 
-    def RSET(self) -> Reply | None:
+    def RSET(self) -> HookResult:
         return Reply(250, "OK", enhanced="2.0.0")
 
-    def NOOP(self) -> Reply | None:
+    def NOOP(self) -> HookResult:
         return Reply(250, "OK", enhanced="2.0.0")
 
-    def VRFY(self, address: str) -> Reply | None:
+    def VRFY(self, address: str) -> HookResult:
         return Reply(
             252, "Cannot VRFY user; try RCPT to attempt delivery", enhanced="2.5.0"
         )
 
-    def EXPN(self, address: str) -> Reply | None:
+    def EXPN(self, address: str) -> HookResult:
         return Reply(502, "Sorry we don't allow this operation", enhanced="5.5.1")
 
-    def HELP(self, topic: str | None) -> Reply | None:
+    def HELP(self, topic: str | None) -> HookResult:
         return Reply(
             214,
             f"This is {VERSION_TEXT}",
@@ -99,10 +99,10 @@ class ESMTPHandler:
             enhanced="2.0.0",
         )
 
-    def QUIT(self) -> Reply | None:
+    def QUIT(self) -> HookResult:
         return Reply(221, "Closing connection", enhanced="2.0.0")
 
-    def UNKNOWN(self, line: str) -> Reply | None:
+    def UNKNOWN(self, line: str) -> HookResult:
         shown = "".join(c if c.isprintable() else "?" for c in line[:64])
         return Reply(500, f"Command unrecognized: {shown}", enhanced="5.5.2")
 
@@ -110,7 +110,7 @@ class ESMTPHandler:
         return None
 
 
-def _unknownParameter(params: Params, known: frozenset[str]) -> Reply | None:
+def _unknownParameter(params: Params, known: frozenset[str]) -> HookResult:
     for keyword in params:
         if keyword not in known:
             return Reply(555, f"Unsupported parameter {keyword}", enhanced="5.5.4")

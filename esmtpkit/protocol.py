@@ -88,13 +88,14 @@ class ESMTPProtocol(LineReceiver, TimeoutMixin):
     """
 
     delimiter = b"\r\n"
+    transport: Any
 
     def __init__(self, factory: ESMTPFactory) -> None:
         self.factory = factory
         self.settings = settings = factory.settings
         self.log = factory.log
         self.MAX_LENGTH = settings.maxLineLength
-        self.callLater = factory.clock.callLater  # for TimeoutMixin
+        self.callLater = factory.clock.callLater  # type: ignore[method-assign,assignment]
         self.session = Session(hostname=settings.hostname)
         self.handler: Any = None
         self._state = GREETING
@@ -141,8 +142,12 @@ class ESMTPProtocol(LineReceiver, TimeoutMixin):
             self.log.failure(
                 "session {session} could not build its handler", session=session.id
             )
-            self._write(Reply(421, f"{session.hostname} Service not available",
-                              enhanced="4.3.0"), enhanced=False)
+            self._write(
+                Reply(
+                    421, f"{session.hostname} Service not available", enhanced="4.3.0"
+                ),
+                enhanced=False,
+            )
             self._close()
             return
         self.handler = handler
@@ -162,8 +167,11 @@ class ESMTPProtocol(LineReceiver, TimeoutMixin):
     def timeoutConnection(self) -> None:
         self.log.info("session {session} timed out", session=self.session.id)
         self._write(
-            Reply(421, f"{self.session.hostname} Error: timeout exceeded",
-                  enhanced="4.4.2")
+            Reply(
+                421,
+                f"{self.session.hostname} Error: timeout exceeded",
+                enhanced="4.4.2",
+            )
         )
         self._close()
 
@@ -186,7 +194,9 @@ class ESMTPProtocol(LineReceiver, TimeoutMixin):
             self._logDisconnect()
 
     def _disconnectStep(self) -> None:
-        self._invoke("DISCONNECT", (), self._notified("DISCONNECT", self._logDisconnect))
+        self._invoke(
+            "DISCONNECT", (), self._notified("DISCONNECT", self._logDisconnect)
+        )
 
     def _logDisconnect(self) -> None:
         self.log.info(
@@ -377,9 +387,8 @@ class ESMTPProtocol(LineReceiver, TimeoutMixin):
         """
         The reply for a hook that raised or whose Deferred failed.
         """
-        if failure.check(ReplyError):
-            reply: Reply = failure.value.reply
-            return reply
+        if isinstance(failure.value, ReplyError):
+            return failure.value.reply
         if failure.check(DeferredTimeout, CancelledError):
             self.log.error(
                 "session {session} hook {hook} timed out",
@@ -453,7 +462,8 @@ class ESMTPProtocol(LineReceiver, TimeoutMixin):
         )
         if self._debug:
             self.log.debug(
-                "session {session} reply {code}", session=self.session.id,
+                "session {session} reply {code}",
+                session=self.session.id,
                 code=reply.code,
             )
         if reply.code == 421 or (self.handler is not None and self.handler.disconnect):
@@ -464,7 +474,9 @@ class ESMTPProtocol(LineReceiver, TimeoutMixin):
         if first == host or first.startswith(host + " "):
             return reply
         return Reply(
-            reply.code, f"{host} {first}".rstrip(), *reply.lines[1:],
+            reply.code,
+            f"{host} {first}".rstrip(),
+            *reply.lines[1:],
             enhanced=reply.enhanced,
         )
 
@@ -544,7 +556,9 @@ class ESMTPProtocol(LineReceiver, TimeoutMixin):
                 reply = self._withHostname(reply)
                 if verb == "EHLO":
                     reply = Reply(
-                        reply.code, reply.lines[0], *self.extensions(),
+                        reply.code,
+                        reply.lines[0],
+                        *self.extensions(),
                         *reply.lines[1:],
                     )
             self._write(reply, enhanced=False)
@@ -599,9 +613,7 @@ class ESMTPProtocol(LineReceiver, TimeoutMixin):
 
     def _checkParams(self, params: Params) -> Params:
         if params and not self.session.esmtp:
-            raise ReplyError(
-                Reply(555, "ESMTP parameters need EHLO", enhanced="5.5.4")
-            )
+            raise ReplyError(Reply(555, "ESMTP parameters need EHLO", enhanced="5.5.4"))
         return params
 
     def do_RCPT(self, arg: str) -> None:
@@ -753,7 +765,7 @@ class ESMTPProtocol(LineReceiver, TimeoutMixin):
         if name == "HEADER":
             transaction = self.session.transaction
             if transaction is not None:
-                transaction.headers.append(args)  # type: ignore[arg-type]
+                transaction.headers.append(args)
 
         def done(value: Any) -> None:
             if isinstance(value, Failure):

@@ -4,7 +4,7 @@ The C{Received:} trace header (RFC 5321 section 4.4) for a message.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from .session import Session, Transaction
@@ -33,7 +33,7 @@ def receivedHeader(
     ]
     if len(transaction.recipients) == 1:
         lines.append(f"\tfor <{transaction.recipients[0].address}>")
-    date = format_datetime((when or datetime.now(timezone.utc)).astimezone())
+    date = format_datetime((when or datetime.now(UTC)).astimezone())
     lines[-1] += ";"
     lines.append(f"\t{date}")
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")

@@ -12,10 +12,12 @@ HELO/EHLO replies, as RFC 2034 asks.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import Union
+from collections.abc import Awaitable, Sequence
+from typing import Any
 
-__all__ = ["Reply", "ReplyError", "ReplyLike", "toReply"]
+from twisted.internet.defer import Deferred
+
+__all__ = ["Reply", "ReplyError", "ReplyLike", "HookResult", "toReply"]
 
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -127,10 +129,16 @@ class Reply:
         return f"Reply({self.code}, {lines}{extra})"
 
 
-ReplyLike = Union[Reply, Sequence[object]]
+ReplyLike = Reply | Sequence[object]
 """
 What a reply hook may return: a L{Reply}, or a tuple C{(code, "line", ...)}
 as in Apache2::Protocol::ESMTP.
+"""
+
+HookResult = ReplyLike | None | Deferred[Any] | Awaitable[Any]
+"""
+What a reply hook may return: a reply, L{None} for the default reply, or a
+Deferred or awaitable of either.
 """
 
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import MultiService
-from twisted.internet.interfaces import IReactorCore
 
 from .factory import ESMTPFactory, HandlerFactory
 from .settings import Settings
@@ -41,7 +40,7 @@ class ESMTPService(MultiService):
         ports: Iterable[str] = (DEFAULT_PORT,),
         settings: Settings | None = None,
         *,
-        reactor: IReactorCore | None = None,
+        reactor: Any = None,
         **overrides: Any,
     ) -> None:
         """
@@ -54,9 +53,12 @@ class ESMTPService(MultiService):
         """
         super().__init__()
         self.factory = ESMTPFactory(
-            handlerFactory, settings, clock=reactor, **overrides  # type: ignore[arg-type]
+            handlerFactory,
+            settings,
+            clock=reactor,
+            **overrides,
         )
         for description in ports:
-            strports.service(description, self.factory, reactor=reactor).setServiceParent(
-                self
-            )
+            strports.service(
+                description, self.factory, reactor=reactor
+            ).setServiceParent(self)

@@ -142,7 +142,9 @@ class Options(usage.Options):
         try:
             handler = namedAny(name)
         except (ImportError, AttributeError, ValueError) as e:
-            raise usage.UsageError(f"--handler {name}: cannot import it ({e})") from None
+            raise usage.UsageError(
+                f"--handler {name}: cannot import it ({e})"
+            ) from None
         except Exception as e:
             raise usage.UsageError(
                 f"--handler {name}: importing it failed: {type(e).__name__}: {e}"

@@ -107,7 +107,10 @@ class SMTPTestConnection:
         self.log = LogCollector()
         overrides.setdefault("hostname", "mx.example.test")
         self.factory = ESMTPFactory(
-            handlerFactory, settings, clock=self.clock, logObserver=self.log,
+            handlerFactory,
+            settings,
+            clock=self.clock,
+            logObserver=self.log,
             **overrides,
         )
         peer = peer or IPv4Address("TCP", "192.0.2.1", 49152)

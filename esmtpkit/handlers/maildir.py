@@ -12,11 +12,10 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from twisted.internet import threads
-from twisted.internet.defer import Deferred
 
 from ..handler import ESMTPHandler
 from ..received import receivedHeader
-from ..reply import Reply
+from ..reply import HookResult
 
 __all__ = ["Maildir"]
 
@@ -73,7 +72,7 @@ class Maildir(ESMTPHandler):
         cls(path)  # create the folders now, so a bad path fails at start-up
         return lambda: cls(path)
 
-    def DATA(self) -> Reply | None:
+    def DATA(self) -> HookResult:
         transaction = self.session.transaction
         assert transaction is not None
         name = _uniqueName()
@@ -91,16 +90,15 @@ class Maildir(ESMTPHandler):
         assert self._file is not None
         self._file.write(chunk)
 
-    def EOM(self) -> Deferred[Reply] | Reply:
+    def EOM(self) -> HookResult:
         assert self._file is not None
         file, tmpPath = self._file, self._tmpPath
         self._file = None
         self._tmpPath = ""
         name = os.path.basename(tmpPath)
         reply = super().EOM()
-        assert reply is not None
 
-        def commit() -> Reply:
+        def commit() -> HookResult:
             try:
                 file.flush()
                 if self.fsync:
