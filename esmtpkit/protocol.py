@@ -108,6 +108,7 @@ class ESMTPProtocol(LineReceiver, TimeoutMixin):
         self._lost = False
         self._tornDown = False
         self._debug = settings.logLevel.name == "debug"
+        self._verb = "CONNECT"  # the command being answered, for the log
         # The message being received.
         self._headerParser = HeaderParser()
         self._rawHeaders = bytearray()
@@ -290,6 +291,7 @@ class ESMTPProtocol(LineReceiver, TimeoutMixin):
             return
         pieces, leftover = self._scanner.feed(data)
         if leftover is not None:
+            self._verb = "EOM"
             self._endOfDataSeen = True
             self.setLineMode(leftover)
         body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
@@ -462,8 +464,9 @@ class ESMTPProtocol(LineReceiver, TimeoutMixin):
         )
         if self._debug:
             self.log.debug(
-                "session {session} reply {code}",
+                "session {session} {command} -> {code}",
                 session=self.session.id,
+                command=self._verb,
                 code=reply.code,
             )
         if reply.code == 421 or (self.handler is not None and self.handler.disconnect):
@@ -495,6 +498,7 @@ class ESMTPProtocol(LineReceiver, TimeoutMixin):
             self._write(Reply(500, "Bare CR or LF in command line", enhanced="5.5.2"))
             return
         verb, arg = splitCommand(line)
+        self._verb = verb or "UNKNOWN"
         if self._state == REFUSED and verb != "QUIT":
             self._write(_NO_SERVICE)
             return
@@ -705,6 +709,7 @@ class ESMTPProtocol(LineReceiver, TimeoutMixin):
 
     def _headerLine(self, line: bytes) -> None:
         if line == b".":
+            self._verb = "EOM"
             self._now(self._flushHeader, self._eohStep, self._endOfData)
             return
         if line[:1] == b".":
