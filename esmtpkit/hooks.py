@@ -1,0 +1,243 @@
+"""
+L{HookRunner}: the one place where esmtpkit calls into a handler.
+
+The work that a command causes is a queue of steps. Each step calls at most
+one hook. A hook that answers synchronously (the common case) is dealt with
+at once and the queue goes on; a hook that returns an unfired Deferred (or a
+coroutine that suspends) stops the queue, and the runner asks its owner to
+stop reading input, until the Deferred fires. Replies therefore go out in
+command order, at most one hook is in flight per connection, and a slow
+handler pushes back on the client.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.error import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .handler import defaultReply
+from .reply import Reply, ReplyError, toReply
+
+__all__ = ["HookRunner", "HOOK_FAILED", "HOOK_TIMEOUT"]
+
+Step = Callable[[], None]
+Done = Callable[[Any], None]
+
+HOOK_FAILED = Reply(451, "Requested action aborted: local error", enhanced="4.3.0")
+HOOK_TIMEOUT = Reply(451, "Requested action aborted: timed out", enhanced="4.3.0")
+
+_ENHANCED_OK = {"MAIL": "2.1.0", "RCPT": "2.1.5", "VRFY": "2.5.0"}
+
+
+def defaultEnhanced(hook: str, code: int) -> str | None:
+    """
+    The enhanced status code for a reply to C{hook} that came without one.
+    """
+    kind = code // 100
+    if kind == 2:
+        return _ENHANCED_OK.get(hook, "2.0.0")
+    return None if kind == 3 else f"{kind}.0.0"
+
+
+class HookRunner:
+    """
+    Calls the hooks of one handler, one at a time, in order.
+
+    @ivar handler: the handler whose hooks are called.
+    @ivar pending: the Deferred of the hook in flight, or L{None}.
+    """
+
+    def __init__(
+        self,
+        handler: Any,
+        sessionId: str,
+        log: Logger,
+        clock: IReactorTime,
+        timeout: float,
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+    ) -> None:
+        """
+        @param timeout: seconds a hook may take (0 for no limit).
+        @param pause: called when a hook becomes pending: stop reading input.
+        @param resume: called when the queue has run dry after a pause.
+        """
+        self.handler = handler
+        self.pending: Deferred[Any] | None = None
+        self._sessionId = sessionId
+        self._log = log
+        self._clock = clock
+        self._timeout = timeout
+        self._pause = pause
+        self._resume = resume
+        self._steps: deque[Step] = deque()
+        self._driving = False
+        self._paused = False
+        self._final: tuple[Step, ...] | None = None
+
+    def now(self, *steps: Step) -> None:
+        """
+        Run C{steps} next, before anything already queued.
+        """
+        self._steps.extendleft(reversed(steps))
+
+    def later(self, *steps: Step) -> None:
+        """
+        Run C{steps} after everything already queued.
+        """
+        self._steps.extend(steps)
+
+    def close(self, *final: Step) -> None:
+        """
+        The connection is gone: let the hook in flight finish, drop every
+        queued step, then run C{final}. Only the first call counts.
+        """
+        if self._final is not None:
+            return
+        self._final = final
+        if self.pending is None:
+            self._runFinal()
+
+    def _runFinal(self) -> None:
+        final, self._final = self._final, ()
+        self._steps.clear()
+        if final:
+            self.now(*final)
+        self.drive()
+
+    def drive(self) -> None:
+        """
+        Run queued steps until the queue is empty or a hook is pending; then
+        resume input if a pending hook had paused it.
+        """
+        if self._driving:
+            return
+        self._driving = True
+        try:
+            while self._steps and self.pending is None:
+                self._steps.popleft()()
+        finally:
+            self._driving = False
+        if self.pending is None and self._paused:
+            self._paused = False
+            self._resume()
+
+    def invoke(self, name: str, args: tuple[Any, ...], done: Done) -> None:
+        """
+        Call hook C{name} and pass its result (a value, or a L{Failure}) to
+        C{done}: at once if the hook answered synchronously, else when its
+        Deferred fires. C{done} must not call hooks itself; it queues steps
+        with L{now}.
+        """
+        try:
+            result = getattr(self.handler, name)(*args)
+        except Exception:
+            done(Failure())
+            return
+        if not isinstance(result, Deferred) and not inspect.iscoroutine(result):
+            done(result)
+            return
+        deferred: Deferred[Any] = ensureDeferred(result)
+        settled: list[Any] = []
+
+        def fired(value: Any) -> None:
+            if self.pending is deferred:
+                self._fired(value, done)
+            else:
+                settled.append(value)
+
+        if not deferred.called and self._timeout:
+            deferred.addTimeout(self._timeout, self._clock)
+        deferred.addBoth(fired)
+        if settled:
+            done(settled[0])
+            return
+        self.pending = deferred
+        if not self._paused:
+            self._paused = True
+            self._pause()
+
+    def _fired(self, value: Any, done: Done) -> None:
+        self.pending = None
+        done(value)
+        if self._final:
+            self._runFinal()
+        else:
+            self.drive()
+
+    def failureReply(self, name: str, failure: Failure) -> Reply:
+        """
+        The reply for hook C{name} that raised or whose Deferred failed; the
+        failure is logged unless it is a L{ReplyError}.
+        """
+        if isinstance(failure.value, ReplyError):
+            return failure.value.reply
+        if failure.check(DeferredTimeout, CancelledError):
+            self._log.error(
+                "session {session} hook {hook} timed out",
+                session=self._sessionId,
+                hook=name,
+            )
+            return HOOK_TIMEOUT
+        self._log.failure(
+            "session {session} hook {hook} failed",
+            failure=failure,
+            session=self._sessionId,
+            hook=name,
+        )
+        return HOOK_FAILED
+
+    def callReply(
+        self, name: str, args: tuple[Any, ...], then: Callable[[Reply], None]
+    ) -> None:
+        """
+        Call reply hook C{name} and pass the L{Reply} it gives to C{then}:
+        L{None} means the default reply, a failure means 451 4.3.0 (or the
+        reply of a L{ReplyError}), and a reply without an enhanced status
+        code gets one that fits the command.
+        """
+
+        def done(value: Any) -> None:
+            if isinstance(value, Failure):
+                reply = self.failureReply(name, value)
+            elif value is None:
+                reply = defaultReply(name, self.handler, args)
+            else:
+                try:
+                    reply = toReply(value)
+                except (TypeError, ValueError):
+                    self._log.failure(
+                        "session {session} hook {hook} returned a bad reply",
+                        session=self._sessionId,
+                        hook=name,
+                    )
+                    reply = HOOK_FAILED
+            if reply.enhanced is None:
+                enhanced = defaultEnhanced(name, reply.code)
+                if enhanced is not None:
+                    reply = reply.withEnhanced(enhanced)
+            then(reply)
+
+        self.invoke(name, args, done)
+
+    def notify(self, name: str, then: Callable[[], None] | None = None) -> Done:
+        """
+        A C{done} for hooks whose result is ignored (ABORT, DISCONNECT): a
+        failure is logged, then C{then} runs.
+        """
+
+        def done(value: Any) -> None:
+            if isinstance(value, Failure):
+                self.failureReply(name, value)
+            if then is not None:
+                then()
+
+        return done
