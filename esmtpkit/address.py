@@ -69,6 +69,8 @@ def _isValidLiteral(literal: str) -> bool:
         return False
     inner = literal[1:-1]
     if inner[:5].lower() == "ipv6:":
+        if "%" in inner:  # a zone id is not part of RFC 5321's IPv6-addr
+            return False
         try:
             ipaddress.IPv6Address(inner[5:])
         except ValueError:

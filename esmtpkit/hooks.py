@@ -17,8 +17,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-from twisted.internet.error import TimeoutError as DeferredTimeout
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    ensureDeferred,
+)
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -42,6 +46,8 @@ def defaultEnhanced(hook: str, code: int) -> str | None:
     The enhanced status code for a reply to C{hook} that came without one.
     """
     kind = code // 100
+    if hook == "CONNECT":
+        return None  # RFC 2034: the greeting needs none
     if kind == 2:
         return _ENHANCED_OK.get(hook, "2.0.0")
     return None if kind == 3 else f"{kind}.0.0"

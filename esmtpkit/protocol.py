@@ -242,12 +242,16 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
         )
 
     def _greeted(self, reply: Reply) -> None:
-        if reply.code // 100 == 2:
+        # RFC 5321 allows only 220, 554 (no service) and 421 (closing) here.
+        kind = reply.code // 100
+        if kind == 2:
             self._state = COMMAND
-            reply = self._withHostname(reply)
-        else:
-            self._state = REFUSED
-        self._write(reply, enhanced=False)
+            reply = self._withHostname(Reply(220, *reply.lines))
+            self._write(reply, enhanced=False)
+            return
+        self._state = REFUSED
+        code = 421 if kind == 4 else 554
+        self._write(Reply(code, *reply.lines, enhanced=reply.enhanced))
 
     # -- commands ---------------------------------------------------------
 
@@ -429,7 +433,7 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
     def _dataAnswered(self, reply: Reply) -> None:
         if reply.code // 100 == 3:
             self._beginMessage()
-        self._write(reply, enhanced=False)
+        self._write(reply)
 
     def do_RSET(self, arg: str) -> None:
         if arg:

@@ -59,7 +59,7 @@ class Reply:
                 clean[0] = clean[0][match.end() :]
         if enhanced is not None:
             match = _ENHANCED.match(enhanced)
-            if match is None or match.end() != len(enhanced):
+            if match is None or enhanced.endswith(" "):
                 raise ValueError(f"{enhanced!r} is not an enhanced status code")
             if int(match.group(1)) != code // 100:
                 # RFC 3463: the class must agree with the reply code.

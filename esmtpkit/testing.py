@@ -38,7 +38,7 @@ def parseReplies(data: bytes) -> tuple[list[Reply], bytes]:
     """
     replies: list[Reply] = []
     lines: list[str] = []
-    pos = replyStart = 0
+    pos = replyStart = code = 0
     while True:
         end = data.find(b"\r\n", pos)
         if end < 0:
@@ -46,10 +46,13 @@ def parseReplies(data: bytes) -> tuple[list[Reply], bytes]:
         line = data[pos:end].decode("utf-8", "surrogateescape")
         if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
             raise ValueError(f"malformed reply line {line!r}")
+        if lines and int(line[:3]) != code:
+            raise ValueError(f"reply line {line!r} does not continue code {code}")
+        code = int(line[:3])
         lines.append(line[4:])
         pos = end + 2
         if line[3:4] != "-":
-            replies.append(_reply(int(line[:3]), lines))
+            replies.append(_reply(code, lines))
             lines = []
             replyStart = pos
     return replies, data[replyStart:]

@@ -1,0 +1,244 @@
+"""
+Tests for L{esmtpkit.testing}: L{parseReplies}, L{dotStuff} and the
+L{SMTPTestConnection} harness itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from esmtpkit import ESMTPHandler, Reply
+from esmtpkit.testing import LogCollector, SMTPTestConnection, dotStuff, parseReplies
+
+
+def greetingOf(conn: SMTPTestConnection) -> Reply:
+    """
+    The greeting of C{conn}, which must have been sent.
+    """
+    assert conn.greeting is not None, "no greeting yet"
+    return conn.greeting
+
+
+class ParseRepliesTests(SynchronousTestCase):
+    """
+    L{parseReplies} turns server output back into replies.
+    """
+
+    def test_single(self) -> None:
+        """
+        One complete reply, nothing left over.
+        """
+        self.assertEqual(parseReplies(b"250 OK\r\n"), ([Reply(250, "OK")], b""))
+
+    def test_multiLine(self) -> None:
+        """
+        C{250-} lines continue a reply until the C{250 } line.
+        """
+        replies, rest = parseReplies(b"250-first\r\n250-second\r\n250 last\r\n")
+        self.assertEqual(replies, [Reply(250, "first", "second", "last")])
+        self.assertEqual(rest, b"")
+
+    def test_several(self) -> None:
+        """
+        Several replies in a row come out in order.
+        """
+        replies, rest = parseReplies(b"220 hi\r\n250-a\r\n250 b\r\n354 go\r\n")
+        self.assertEqual(
+            replies, [Reply(220, "hi"), Reply(250, "a", "b"), Reply(354, "go")]
+        )
+
+    def test_incompleteLine(self) -> None:
+        """
+        A line without CRLF is returned as the rest.
+        """
+        self.assertEqual(parseReplies(b"250 OK\r\n25"), ([Reply(250, "OK")], b"25"))
+        self.assertEqual(parseReplies(b"250 O"), ([], b"250 O"))
+
+    def test_incompleteMultiLine(self) -> None:
+        """
+        A multi-line reply whose last line has not arrived is all rest,
+        including its complete lines.
+        """
+        replies, rest = parseReplies(b"250 OK\r\n250-first\r\n250-second\r\n250 la")
+        self.assertEqual(replies, [Reply(250, "OK")])
+        self.assertEqual(rest, b"250-first\r\n250-second\r\n250 la")
+        replies, rest = parseReplies(rest + b"st\r\n")
+        self.assertEqual(
+            (replies, rest), ([Reply(250, "first", "second", "last")], b"")
+        )
+
+    def test_enhanced(self) -> None:
+        """
+        Enhanced codes are parsed, and taken off every line.
+        """
+        replies, _ = parseReplies(b"250-2.0.0 a\r\n250 2.0.0 b\r\n550 5.7.1 no\r\n")
+        self.assertEqual(
+            replies,
+            [
+                Reply(250, "a", "b", enhanced="2.0.0"),
+                Reply(550, "no", enhanced="5.7.1"),
+            ],
+        )
+
+    def test_bareCode(self) -> None:
+        """
+        A line that is only the code is a reply with empty text.
+        """
+        self.assertEqual(parseReplies(b"250\r\n"), ([Reply(250, "")], b""))
+
+    def test_empty(self) -> None:
+        """
+        No output, no replies.
+        """
+        self.assertEqual(parseReplies(b""), ([], b""))
+
+    def test_malformed(self) -> None:
+        """
+        Output that is not SMTP replies raises ValueError.
+        """
+        for bad in (b"hello\r\n", b"25 x\r\n", b"250x\r\n", b"2a0 x\r\n", b"\r\n"):
+            self.assertRaises(ValueError, parseReplies, bad)
+
+    def test_mixedCodes(self) -> None:
+        """
+        The lines of one reply must all carry the same code; output where
+        they do not is not a well-formed reply and raises ValueError.
+        """
+        self.assertRaises(ValueError, parseReplies, b"250-first\r\n550 second\r\n")
+
+    def test_roundTrip(self) -> None:
+        """
+        What L{Reply.toBytes} writes parses back to the same reply.
+        """
+        for reply in (
+            Reply(250, "a", "b", "c", enhanced="2.1.5"),
+            Reply(214, "help"),
+            Reply(550, "5.7.1 denied"),
+        ):
+            self.assertEqual(parseReplies(reply.toBytes()), ([reply], b""))
+
+
+class DotStuffTests(SynchronousTestCase):
+    """
+    L{dotStuff} prepares a message for sending after DATA.
+    """
+
+    def test_terminator(self) -> None:
+        """
+        The message gets a final CRLF if needed, then ".\\r\\n".
+        """
+        self.assertEqual(dotStuff(b"hi\r\n"), b"hi\r\n.\r\n")
+        self.assertEqual(dotStuff(b"hi"), b"hi\r\n.\r\n")
+        self.assertEqual(dotStuff(b""), b".\r\n")
+
+    def test_stuffing(self) -> None:
+        """
+        Every line starting with a dot gets another one, the first too.
+        """
+        self.assertEqual(
+            dotStuff(b".a\r\nb\r\n..c\r\n.\r\n"), b"..a\r\nb\r\n...c\r\n..\r\n.\r\n"
+        )
+
+
+class ConnectionTests(SynchronousTestCase):
+    """
+    L{SMTPTestConnection} drives a real protocol in memory.
+    """
+
+    def test_greetingAndCommand(self) -> None:
+        """
+        The greeting is parsed; C{command} returns the one reply.
+        """
+        conn = SMTPTestConnection(ESMTPHandler)
+        self.assertEqual(greetingOf(conn).code, 220)
+        self.assertTrue(greetingOf(conn).lines[0].startswith("mx.example.test "))
+        self.assertEqual(conn.command("NOOP"), Reply(250, "OK", enhanced="2.0.0"))
+        self.assertEqual(conn.command(b"RSET").code, 250)
+
+    def test_commandNeedsOneReply(self) -> None:
+        """
+        C{command} raises AssertionError when the reply is not out yet.
+        """
+        d: Deferred[Any] = Deferred()
+
+        class Slow(ESMTPHandler):
+            def NOOP(self) -> Deferred[Any]:
+                return d
+
+        conn = SMTPTestConnection(Slow)
+        self.assertRaises(AssertionError, conn.command, "NOOP")
+        d.callback(None)
+        self.assertEqual([r.code for r in conn.replies()], [250])
+
+    def test_repliesOnlyNew(self) -> None:
+        """
+        C{replies} returns only what was written since the last call, and
+        keeps an incomplete reply for later.
+        """
+        conn = SMTPTestConnection(ESMTPHandler)
+        self.assertEqual(conn.replies(), [])
+        conn.send(b"NOOP\r\nNOOP\r\n")
+        self.assertEqual(len(conn.replies()), 2)
+        self.assertEqual(conn.replies(), [])
+
+    def test_sendMessage(self) -> None:
+        """
+        C{sendMessage} sends DATA and the stuffed message; a refused DATA is
+        returned as it is.
+        """
+        conn = SMTPTestConnection(ESMTPHandler)
+        self.assertEqual(conn.sendMessage(b"x").code, 503)
+        conn.command("EHLO c.example")
+        conn.command("MAIL FROM:<a@example.org>")
+        conn.command("RCPT TO:<b@example.net>")
+        self.assertEqual(conn.sendMessage(b".hidden\r\n").code, 250)
+
+    def test_closed(self) -> None:
+        """
+        C{closed} follows the connection; C{close} drops it from the client
+        side and calls DISCONNECT.
+        """
+        calls: list[str] = []
+
+        class Handler(ESMTPHandler):
+            def DISCONNECT(self) -> None:
+                calls.append("DISCONNECT")
+
+        conn = SMTPTestConnection(Handler)
+        self.assertFalse(conn.closed)
+        conn.close()
+        self.assertTrue(conn.closed)
+        conn.close()
+        self.assertEqual(calls, ["DISCONNECT"])
+
+    def test_options(self) -> None:
+        """
+        Settings overrides, the peer address and the clock are used.
+        """
+        clock = Clock()
+        peer = IPv6Address("TCP", "2001:db8::5", 4000)
+        conn = SMTPTestConnection(
+            ESMTPHandler, peer=peer, clock=clock, hostname="other.test", idleTimeout=5
+        )
+        self.assertIs(conn.clock, clock)
+        self.assertEqual(conn.session.peerHost, "2001:db8::5")
+        self.assertTrue(greetingOf(conn).lines[0].startswith("other.test "))
+        self.assertIs(conn.handler.session, conn.session)
+        clock.advance(5)
+        self.assertEqual(conn.replies()[0].code, 421)
+
+    def test_log(self) -> None:
+        """
+        The connection's log events are collected, with the session id.
+        """
+        conn = SMTPTestConnection(ESMTPHandler)
+        self.assertIsInstance(conn.log, LogCollector)
+        self.assertTrue(conn.log.events)
+        self.assertTrue(
+            any(e.get("session") == conn.session.id for e in conn.log.events)
+        )
