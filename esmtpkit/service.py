@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 
 from .factory import ESMTPFactory, HandlerFactory
+from .proxy import proxyServerFromString
 from .settings import Settings
 
 __all__ = ["ESMTPService", "DEFAULT_PORT"]
@@ -47,7 +48,9 @@ class ESMTPService(MultiService):
         @param handlerFactory: a handler class, or a callable returning one
             new handler per connection.
         @param ports: endpoint descriptions (C{tcp:25}, C{ssl:465:...},
-            C{unix:/path}, C{haproxy:tcp:2525}, ...).
+            C{unix:/path}, C{haproxy:tcp:2525}, ...); behind C{haproxy:} the
+            session starts once the PROXY header has been read, with the
+            client's address.
         @param settings: L{Settings}; keyword C{overrides} replace fields.
         @param reactor: the reactor to listen with; the global one by default.
         """
@@ -58,7 +61,10 @@ class ESMTPService(MultiService):
             clock=reactor,
             **overrides,
         )
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
         for description in ports:
-            strports.service(
-                description, self.factory, reactor=reactor
-            ).setServiceParent(self)
+            endpoint = proxyServerFromString(reactor, description)
+            StreamServerEndpointService(endpoint, self.factory).setServiceParent(self)

@@ -61,16 +61,16 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not self.hostname or any(c.isspace() for c in self.hostname):
-            raise ValueError(f"invalid hostname {self.hostname!r}")
+            raise ValueError(f"hostname: {self.hostname!r} is not a host name")
         positive = ("chunkSize", "maxHeaderSize", "maxRecipients", "idleTimeout")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
+                raise ValueError(f"{name}: must be positive")
         if self.maxLineLength < 510:
-            raise ValueError("maxLineLength must be at least 510 (RFC 5321)")
+            raise ValueError("maxLineLength: must be at least 510 (RFC 5321)")
         for name in ("maxMessageSize", "hookTimeout"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
+                raise ValueError(f"{name}: must not be negative")
 
     @classmethod
     def names(cls) -> list[str]:

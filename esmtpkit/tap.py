@@ -36,6 +36,13 @@ def _size(text: str) -> int:
     return int(number) * factor
 
 
+_OPTION_OF = {
+    "hostname": "hostname",
+    "chunkSize": "chunk-size",
+    "maxMessageSize": "max-message-size",
+}
+
+
 class Options(usage.Options):
     """
     Options of C{twistd esmtpkit}.
@@ -97,8 +104,7 @@ class Options(usage.Options):
 
     def opt_port(self, description: str) -> None:
         """
-        Listen on this endpoint description (tcp:, ssl:, unix:, haproxy:,
-        ...); may be given several times [default: tcp:2525:interface=127.0.0.1].
+        Endpoint to listen on (tcp:, ssl:, unix:, haproxy:...), repeatable [default: tcp:2525:interface=127.0.0.1].
         """
         self["ports"].append(description)
 
@@ -135,7 +141,10 @@ class Options(usage.Options):
         try:
             return Settings(**values)
         except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+            name, _, problem = str(e).partition(": ")
+            raise usage.UsageError(
+                f"--{_OPTION_OF.get(name, name)}: {problem}"
+            ) from None
 
     def _handlerFactory(self) -> Any:
         name = self["handler"]
@@ -173,11 +182,12 @@ class Options(usage.Options):
 
     def _checkPorts(self) -> None:
         from twisted.internet import reactor
-        from twisted.internet.endpoints import serverFromString
+
+        from .proxy import proxyServerFromString
 
         for description in self["ports"]:
             try:
-                serverFromString(reactor, description)
+                proxyServerFromString(reactor, description)
             except Exception as e:
                 raise usage.UsageError(
                     f"--port {description}: {type(e).__name__}: {e}"

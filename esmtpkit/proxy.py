@@ -1,0 +1,130 @@
+"""
+Listening behind a load balancer that speaks the PROXY protocol (HAProxy's
+v1 and v2): C{haproxy:} endpoint descriptions.
+
+Twisted's own C{haproxy:} endpoint starts the wrapped protocol as soon as the
+TCP connection is made, before the PROXY header has been read, so an SMTP
+server would greet, log and apply its per-client limits with the load
+balancer's address (Twisted #12501). The wrapper here starts the SMTP
+session only once the header has been read, and gives up on a connection
+whose header does not come in time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.protocols.haproxy._wrapper import (
+    HAProxyProtocolWrapper,
+    HAProxyWrappingFactory,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["ProxyHeaderFirstEndpoint", "proxyServerFromString", "HEADER_TIMEOUT"]
+
+HEADER_TIMEOUT = 5.0
+"""
+Seconds a connection may take to send its PROXY header (as Postfix's
+smtpd_upstream_proxy_timeout).
+"""
+
+
+class _Collect:
+    """
+    Stands in for the wrapped protocol until the header has been read.
+    """
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+
+    def makeConnection(self, transport: Any) -> None:
+        pass
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data.append(data)
+
+
+class _HeaderFirstWrapper(HAProxyProtocolWrapper):
+    """
+    An L{HAProxyProtocolWrapper} that connects the wrapped protocol only
+    once the PROXY header has been parsed, so that its C{connectionMade}
+    already sees the client's address in C{getPeer()}.
+    """
+
+    _started = False
+    _timer: Any = None
+
+    def makeConnection(self, transport: Any) -> None:
+        real = self.wrappedProtocol
+        self.wrappedProtocol = _Collect()  # type: ignore[assignment]
+        try:
+            super().makeConnection(transport)
+        finally:
+            self.wrappedProtocol = real
+        clock: Any = getattr(self.factory.wrappedFactory, "clock", None)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._timer = clock.callLater(HEADER_TIMEOUT, self.loseConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._started:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        real, collect = self.wrappedProtocol, _Collect()
+        self.wrappedProtocol = collect  # type: ignore[assignment]
+        try:
+            super().dataReceived(data)
+        finally:
+            self.wrappedProtocol = real
+        if getattr(self, "_proxyInfo", None) is None or self.disconnecting:
+            return
+        self._started = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        real.makeConnection(self)  # type: ignore[arg-type]
+        for chunk in collect.data:
+            real.dataReceived(chunk)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self._started:
+            super().connectionLost(reason)
+        else:
+            Protocol.connectionLost(self, reason)
+            self.factory.unregisterProtocol(self)
+
+
+class _HeaderFirstWrappingFactory(HAProxyWrappingFactory):
+    protocol = _HeaderFirstWrapper  # type: ignore[assignment]
+
+
+@implementer(IStreamServerEndpoint)
+class ProxyHeaderFirstEndpoint:
+    """
+    A server endpoint that reads a PROXY header (v1 or v2) on each
+    connection before starting the protocol of the listening factory.
+    """
+
+    def __init__(self, wrapped: IStreamServerEndpoint) -> None:
+        self._wrapped = wrapped
+
+    def listen(self, protocolFactory: Any) -> Deferred[IListeningPort]:
+        return self._wrapped.listen(_HeaderFirstWrappingFactory(protocolFactory))
+
+
+def proxyServerFromString(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """
+    Like L{serverFromString}, except that C{haproxy:...} descriptions get a
+    L{ProxyHeaderFirstEndpoint}.
+    """
+    if description.startswith("haproxy:"):
+        inner = serverFromString(reactor, description[len("haproxy:") :])
+        return ProxyHeaderFirstEndpoint(inner)
+    endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+    return endpoint
