@@ -103,10 +103,13 @@ class Options(usage.Options):
         self["ports"] = []
 
     def opt_port(self, description: str) -> None:
-        """
-        Endpoint to listen on (tcp:, ssl:, unix:, haproxy:...), repeatable [default: tcp:2525:interface=127.0.0.1].
-        """
         self["ports"].append(description)
+
+    # usage.Options shows a method's docstring as its help, spaces and all.
+    opt_port.__doc__ = (
+        "Endpoint to listen on (tcp:, ssl:, unix:, haproxy:...), repeatable "
+        f"[default: {DEFAULT_PORT}]."
+    )
 
     opt_p = opt_port
 
