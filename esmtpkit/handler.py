@@ -60,13 +60,13 @@ class ESMTPHandler:
     def DATA(self) -> HookResult:
         return Reply(354, 'Enter mail, end with "." on a line by itself')
 
-    def HEADER(self, name: str, value: str) -> None:
+    def HEADER(self, name: str, value: str) -> HookResult:
         return None
 
-    def EOH(self) -> None:
+    def EOH(self) -> HookResult:
         return None
 
-    def BODY(self, chunk: bytes) -> None:
+    def BODY(self, chunk: bytes) -> HookResult:
         return None
 
     def EOM(self) -> HookResult:
@@ -74,7 +74,7 @@ class ESMTPHandler:
         queued = f" as {transaction.id}" if transaction is not None else ""
         return Reply(250, f"Message accepted for delivery{queued}", enhanced="2.0.0")
 
-    def ABORT(self) -> None:
+    def ABORT(self) -> HookResult:
         return None
 
     def RSET(self) -> HookResult:
@@ -106,7 +106,7 @@ class ESMTPHandler:
         shown = "".join(c if c.isprintable() else "?" for c in line[:64])
         return Reply(500, f"Command unrecognized: {shown}", enhanced="5.5.2")
 
-    def DISCONNECT(self) -> None:
+    def DISCONNECT(self) -> HookResult:
         return None
 
 

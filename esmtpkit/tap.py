@@ -180,6 +180,8 @@ class Options(usage.Options):
             return handler
         try:
             return fromOptions(self)
+        except usage.UsageError:
+            raise
         except Exception as e:
             raise usage.UsageError(f"--handler {name}: {e}") from None
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from twisted.internet import threads
+from twisted.python.usage import UsageError
 
 from ..handler import ESMTPHandler
 from ..received import receivedHeader
@@ -69,7 +70,10 @@ class Maildir(ESMTPHandler):
         folder.
         """
         path = options.get("maildir") or "Maildir"
-        cls(path)  # create the folders now, so a bad path fails at start-up
+        try:
+            cls(path)  # create the folders now, so a bad path fails at start-up
+        except OSError as e:
+            raise UsageError(f"--maildir {path}: {e.strerror}") from None
         return lambda: cls(path)
 
     def DATA(self) -> HookResult:
