@@ -1,0 +1,1583 @@
+"""
+The esmtpkit benchmark: esmtpkit beside aiosmtpd, twisted.mail and Postfix's
+smtp-sink, on the same load, in one run. Run it through bench/run, which sets
+up the virtualenv and the Postfix client tools first.
+
+Every measurement starts a fresh server on a free loopback port (so its peak
+RSS belongs to that scenario alone), sends it one warm-up message, runs the
+scenario's load, checks that what the load was told had been delivered really
+was (smtp-source's exit status, the replies our own client counted, and the
+server's own count where it keeps one), and stops the server by its PID.
+Servers are pinned to core 0 and clients to the other cores when there are
+two or more. Each round runs every server through every scenario, in an
+order that rotates between rounds; ratios to esmtpkit are taken within the
+same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import queue
+import re
+import resource
+import shutil
+import signal
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PYTHON = sys.executable
+BIN = Path(sys.executable).parent
+MiB = 1024 * 1024
+REFERENCE = "esmtpkit"  # ratios are taken to this server
+
+
+# -- profiles -----------------------------------------------------------------
+
+
+@dataclass
+class Profile:
+    """
+    How much load each scenario sends.
+    """
+
+    rounds: int
+    a_messages: int  # A: 50 sessions, 1 KiB messages, kept-open connections
+    b_messages: int  # B: one message per connection
+    c_messages: int  # C: 10 MiB messages, 4 sessions
+    d_size: int  # D: 20 clients stream one message of this size each
+    e_connections: int  # E: idle connections held
+    f_messages: int  # F: pipelined transactions
+    g_messages: int  # G: transactions over STARTTLS
+    h_commands: int  # H: EHLO commands sent to a reader that stalls
+    a_sessions: int = 50
+    b_sessions: int = 10
+    c_sessions: int = 4
+    c_size: int = 10 * MiB
+    d_clients: int = 20
+    e_probes: int = 5
+    f_sessions: int = 10
+    f_batch: int = 10  # messages per write
+    g_sessions: int = 10
+    h_pause: float = 2.0
+
+
+QUICK = Profile(
+    rounds=2,
+    a_messages=3000,
+    b_messages=1000,
+    c_messages=8,
+    d_size=4 * MiB,
+    e_connections=2000,
+    f_messages=10000,
+    g_messages=500,
+    h_commands=60000,
+    h_pause=1.0,
+)
+FULL = Profile(
+    rounds=3,
+    a_messages=10000,
+    b_messages=3000,
+    c_messages=40,
+    d_size=20 * MiB,
+    e_connections=2000,
+    f_messages=20000,
+    g_messages=2000,
+    h_commands=200000,
+)
+
+
+# -- processes: start, measure, stop ------------------------------------------
+
+LIVE: dict[int, subprocess.Popen[bytes]] = {}  # every process we started
+
+
+def stopProcess(proc: subprocess.Popen[bytes], grace: float = 5.0) -> int | None:
+    """
+    Stop a process we started, by its PID: SIGTERM, then SIGKILL after
+    C{grace} seconds. Any child it left behind is killed by PID too.
+    """
+    children = descendants(proc.pid)
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(grace)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    LIVE.pop(proc.pid, None)
+    return proc.returncode
+
+
+def stopAll() -> None:
+    for proc in list(LIVE.values()):
+        stopProcess(proc, grace=2.0)
+
+
+def parents() -> dict[int, int]:
+    table = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+            table[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return table
+
+
+def descendants(pid: int) -> list[int]:
+    table = parents()
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [child for child, p in table.items() if p == parent]
+        found += kids
+        frontier += kids
+    return found
+
+
+def listeners(port: int) -> set[int]:
+    """
+    The PIDs holding a listening socket on 127.0.0.1:PORT (from /proc/net/tcp).
+    """
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+            inodes.add(f"socket:[{fields[9]}]")
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes:
+                        pids.add(int(entry))
+                        break
+    return pids
+
+
+def memory(pids: list[int], field: str) -> int:
+    """
+    The sum of a /proc/PID/status field (VmRSS, VmHWM) over C{pids}, in bytes.
+    """
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
+class Sampler(threading.Thread):
+    """
+    Samples the servers' VmRSS every 10 ms and keeps the highest value;
+    runs as long as its C{with} block.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.peak = memory(pids, "VmRSS")
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.01):
+            self.peak = max(self.peak, memory(self.pids, "VmRSS"))
+
+    def __enter__(self) -> Sampler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self.join()
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Pinning:
+    server: list[str]  # taskset prefix for servers
+    client: list[str]  # taskset prefix for clients
+    note: str
+
+
+def pinning(enabled: bool) -> Pinning:
+    cores = sorted(os.sched_getaffinity(0))
+    if not enabled or len(cores) < 2 or not shutil.which("taskset"):
+        return Pinning([], [], "not pinned")
+    server, clients = cores[0], cores[1:]
+    clientList = ",".join(map(str, clients))
+    os.sched_setaffinity(0, clients)  # this script and its sampler too
+    return Pinning(
+        ["taskset", "-c", str(server)],
+        ["taskset", "-c", clientList],
+        f"servers on core {server}, clients on core(s) {clientList}",
+    )
+
+
+# -- servers ------------------------------------------------------------------
+
+
+@dataclass
+class ServerSpec:
+    """
+    One server under test.
+
+    @ivar command: the command line, given the port, a scratch directory
+        and the largest message the run sends.
+    @ivar tlsArgs: extra arguments that give the server STARTTLS with a
+        certificate and key file, or None while it has none (scenario G).
+    @ivar delivered: the number of messages the server itself says it
+        received, read after it stopped, or None if it keeps no count.
+    @ivar scenarios: the scenarios it takes part in.
+    @ivar pinned: pinned to the server core (False for multi-process servers).
+    """
+
+    name: str
+    command: Callable[[int, Path, int], list[str]]
+    delivered: Callable[[Path], int | None] = lambda scratch: None
+    tlsArgs: Callable[[str, str], list[str]] | None = None
+    scenarios: str = "ABCDEFGH"
+    pinned: bool = True
+
+
+def esmtpkitCommand(*extra: str) -> Callable[[int, Path, int], list[str]]:
+    def command(port: int, scratch: Path, largest: int) -> list[str]:
+        cmd = [
+            str(BIN / "twistd"),
+            "-n",
+            "--pidfile=",
+            "esmtpkit",
+            "--port",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--log-level",
+            "warn",
+            *extra,
+        ]
+        if largest > 30 * MiB:  # beyond the default SIZE limit
+            cmd += ["--max-message-size", str(2 * largest)]
+        return [arg.replace("{scratch}", str(scratch)) for arg in cmd]
+
+    return command
+
+
+def aiosmtpdCommand(port: int, scratch: Path, largest: int) -> list[str]:
+    cmd = [
+        PYTHON,
+        "-m",
+        "aiosmtpd",
+        "-n",
+        "-c",
+        "aiosmtpd.handlers.Sink",
+        "-l",
+        f"127.0.0.1:{port}",
+    ]
+    if largest > 30 * MiB:
+        cmd += ["-s", str(2 * largest)]
+    return cmd
+
+
+def twistedMailCommand(port: int, scratch: Path, largest: int) -> list[str]:
+    return [
+        PYTHON,
+        str(HERE / "peers" / "twisted_mail_sink.py"),
+        str(port),
+        str(scratch / "stats.json"),
+    ]
+
+
+def twistedMailDelivered(scratch: Path) -> int | None:
+    stats = scratch / "stats.json"
+    return json.loads(stats.read_text())["messages"] if stats.exists() else -1
+
+
+def smtpSinkCommand(port: int, scratch: Path, largest: int) -> list[str]:
+    # -c: counters on stdout; -m: connections served at once (E holds many);
+    # -u: required when run as root (drops privileges after binding).
+    cmd = [shutil.which("smtp-sink") or "smtp-sink", "-c", "-m", "20000"]
+    if os.geteuid() == 0:
+        cmd += ["-u", "nobody"]
+    return cmd + [f"127.0.0.1:{port}", "100"]
+
+
+def smtpSinkDelivered(scratch: Path) -> int | None:
+    counts = re.findall(r"mesg=(\d+)", (scratch / "server.log").read_text())
+    return int(counts[-1]) if counts else 0
+
+
+def maildirDelivered(scratch: Path) -> int | None:
+    leftovers = os.listdir(scratch / "Maildir" / "tmp")
+    if leftovers:  # a message half-written or never committed
+        return -len(leftovers)
+    return len(os.listdir(scratch / "Maildir" / "new"))
+
+
+def servers(selected: list[str] | None) -> list[ServerSpec]:
+    specs = [
+        ServerSpec(
+            "aiosmtpd",
+            aiosmtpdCommand,
+            tlsArgs=lambda cert, key: [
+                "--tlscert",
+                cert,
+                "--tlskey",
+                key,
+                "--no-requiretls",
+            ],
+        ),
+        ServerSpec("twisted.mail", twistedMailCommand, twistedMailDelivered),
+        ServerSpec("smtp-sink", smtpSinkCommand, smtpSinkDelivered),
+        # Scenario G hook: once esmtpkit has STARTTLS, give this entry
+        #   tlsArgs=lambda cert, key: [<its certificate option>, cert,
+        #                              <its key option>, key],
+        # and G measures it (the client needs STARTTLS in the EHLO reply).
+        ServerSpec(REFERENCE, esmtpkitCommand("--handler", "esmtpkit.handlers.Sink")),
+        ServerSpec(
+            "esmtpkit-maildir",
+            esmtpkitCommand("--maildir", "{scratch}/Maildir"),
+            maildirDelivered,
+            scenarios="ABC",  # it fsyncs every message: disk-bound beyond these
+        ),
+    ]
+    help = subprocess.run(
+        [str(BIN / "twistd"), "esmtpkit", "--help"], capture_output=True, text=True
+    ).stdout
+    if "--workers" in help:
+        specs.append(
+            ServerSpec(
+                "esmtpkit-2w",
+                esmtpkitCommand(
+                    "--handler", "esmtpkit.handlers.Sink", "--workers", "2"
+                ),
+                scenarios="A",
+                pinned=False,
+            )
+        )
+    if selected:
+        unknown = set(selected) - {s.name for s in specs}
+        if unknown:
+            sys.exit(f"unknown server(s): {', '.join(sorted(unknown))}")
+        specs = [s for s in specs if s.name in selected]
+    return specs
+
+
+class Server:
+    """
+    A running server: started on a free port, ready when it greets.
+    """
+
+    def __init__(
+        self,
+        spec: ServerSpec,
+        pin: Pinning,
+        logs: Path,
+        label: str,
+        largest: int,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.scratch = Path(tempfile.mkdtemp(prefix="esmtpkit-bench-"))
+        self.port = freePort()
+        self.command = spec.command(self.port, self.scratch, largest)
+        if tls and spec.tlsArgs:
+            self.command += spec.tlsArgs(*tls)
+        if spec.pinned:
+            self.command = pin.server + self.command
+        self.logPath = logs / f"{label}.log"
+        self.features: dict[str, str] = {}
+        self.pids: list[int] = []
+        self.listenerPids: list[int] = []
+        # Its output goes to server.log in the scratch directory (smtp-sink's
+        # counters are read from there), copied to the logs folder at stop.
+        self._log = open(self.scratch / "server.log", "wb")
+        self.proc = subprocess.Popen(
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.scratch,
+            start_new_session=True,
+        )
+        LIVE[self.proc.pid] = self.proc
+        try:
+            self._waitReady()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _waitReady(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.spec.name} exited ({self.proc.returncode}) at start:\n"
+                    + self.logTail()
+                )
+            try:
+                with smtplib.SMTP("127.0.0.1", self.port, timeout=5) as smtp:
+                    smtp.ehlo("warmup.example.org")
+                    self.features = dict(smtp.esmtp_features)
+            except (OSError, smtplib.SMTPException):
+                time.sleep(0.02)
+                continue
+            self.pids = [self.proc.pid] + descendants(self.proc.pid)
+            self.listenerPids = sorted(listeners(self.port))
+            if not set(self.listenerPids) <= set(self.pids):
+                raise RuntimeError(
+                    f"{self.spec.name}: port {self.port} is held by "
+                    f"{self.listenerPids}, not by what we started ({self.pids})"
+                )
+            return
+        raise RuntimeError(
+            f"{self.spec.name} not ready in {timeout} s:\n" + self.logTail()
+        )
+
+    def warmUp(self) -> None:
+        """
+        One message, so lazily loaded code is loaded before we measure.
+        """
+        body = b"Subject: warm-up\r\n\r\n" + b"x" * 78 + b"\r\n"
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as smtp:
+            smtp.sendmail("bench@example.org", ["sink@example.org"], body)
+
+    def rss(self) -> int:
+        return memory(self.pids, "VmRSS")
+
+    def hwm(self) -> int:
+        return memory(self.pids, "VmHWM")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int | None:
+        code = stopProcess(self.proc)
+        self._log.close()
+        shutil.copyfile(self.scratch / "server.log", self.logPath)
+        return code
+
+    def delivered(self) -> int | None:
+        return self.spec.delivered(self.scratch)
+
+    def problems(self) -> list[str]:
+        """
+        Lines of the server's output that report an error.
+        """
+        text = self.logPath.read_text(errors="replace")
+        bad = re.compile(
+            r"Traceback|Unhandled|Error|CRITICAL|\[error\]|\[critical\]", re.I
+        )
+        return [line.strip() for line in text.splitlines() if bad.search(line)][:20]
+
+    def logTail(self) -> str:
+        with contextlib.suppress(OSError):
+            self._log.flush()
+            return (self.scratch / "server.log").read_text(errors="replace")[-3000:]
+        return ""
+
+    def cleanUp(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+# -- load ---------------------------------------------------------------------
+
+
+class Client:
+    """
+    bench/loadclient.py in a subprocess: its JSON event lines are read by a
+    thread, so waiting for one never blocks past its timeout.
+    """
+
+    def __init__(
+        self, pin: Pinning, logs: Path, label: str, mode: str, **options: Any
+    ) -> None:
+        self.command = pin.client + [PYTHON, str(HERE / "loadclient.py"), mode]
+        for key, value in options.items():
+            self.command += [f"--{key}", str(value)]
+        self._err = open(logs / f"{label}.client.log", "wb")
+        self.proc = subprocess.Popen(
+            self.command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            start_new_session=True,
+        )
+        LIVE[self.proc.pid] = self.proc
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self._events.put(json.loads(line))
+            except ValueError:
+                self._events.put(
+                    {"event": "garbage", "line": line.decode(errors="replace")}
+                )
+        self._events.put({"event": "exit"})
+
+    def expect(self, event: str, timeout: float) -> dict[str, Any]:
+        """
+        The next event; an error if it is not C{event}.
+        """
+        try:
+            got = self._events.get(timeout=timeout)
+        except queue.Empty:
+            raise ScenarioFailure(f"client: no {event!r} within {timeout} s") from None
+        if got.get("event") != event:
+            raise ScenarioFailure(f"client: expected {event!r}, got {got}")
+        if got.get("error"):
+            raise ScenarioFailure(f"client: {got['error']}")
+        return got
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        result = self.expect("result", timeout)
+        self.proc.wait(10)
+        if self.proc.returncode != 0:
+            raise ScenarioFailure(f"client exited {self.proc.returncode}")
+        return result
+
+    def close(self) -> None:
+        stopProcess(self.proc, grace=2.0)
+        self._err.close()
+
+
+class ScenarioFailure(Exception):
+    """
+    The scenario did not deliver what it claims to measure.
+    """
+
+
+def smtpSource(
+    pin: Pinning,
+    port: int,
+    sessions: int,
+    messages: int,
+    size: int,
+    keepOpen: bool,
+    timeout: float = 600.0,
+) -> tuple[float, list[str]]:
+    """
+    Run smtp-source; (seconds, command). It exits non-zero at the first
+    reply that is not the expected positive one.
+    """
+    command = (
+        pin.client
+        + [
+            shutil.which("smtp-source") or "smtp-source",
+            "-s",
+            str(sessions),
+            "-m",
+            str(messages),
+            "-l",
+            str(size),
+            "-M",
+            "bench.example.org",
+            "-f",
+            "bench@example.org",
+            "-t",
+            "sink@example.org",
+        ]
+        + (["-d"] if keepOpen else [])
+        + [f"127.0.0.1:{port}"]
+    )
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    LIVE[proc.pid] = proc
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stopProcess(proc)
+        raise ScenarioFailure(f"smtp-source did not finish in {timeout} s") from None
+    finally:
+        LIVE.pop(proc.pid, None)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        said = (out + err).decode(errors="replace").strip()[-500:]
+        raise ScenarioFailure(f"smtp-source exited {proc.returncode}: {said}")
+    return elapsed, command
+
+
+# -- scenarios ----------------------------------------------------------------
+
+
+@dataclass
+class Metric:
+    key: str
+    label: str
+    better: str  # "higher" or "lower"
+    digits: int = 0
+    ratio: bool = True  # False where the reference can be ~0 (growth)
+
+
+@dataclass
+class Scenario:
+    key: str
+    title: str
+    metrics: list[Metric]
+    run: Callable[[Server, Profile, Context], dict[str, Any]]
+    needsTLS: bool = False
+
+
+@dataclass
+class Context:
+    pin: Pinning
+    logs: Path
+    label: str
+
+
+PEAK = Metric("peak_rss_mib", "peak RSS MiB", "lower", 1)
+
+
+def peakRss(server: Server, sampler: Sampler) -> float:
+    """
+    The servers' peak RSS in MiB: the kernel's high-water mark (VmHWM, since
+    the server started) or the highest sample, whichever is higher.
+    """
+    return max(server.hwm(), sampler.peak) / MiB
+
+
+def throughput(
+    sessions: str, messages: str, size: int | str, keepOpen: bool, unit: str
+) -> Callable[[Server, Profile, Context], dict[str, Any]]:
+    """
+    An smtp-source scenario: C{sessions}, C{messages} and C{size} name
+    Profile fields (or give a size).
+    """
+
+    def run(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
+        count = getattr(p, messages)
+        length = getattr(p, size) if isinstance(size, str) else size
+        with Sampler(server.pids) as sampler:
+            elapsed, command = smtpSource(
+                ctx.pin, server.port, getattr(p, sessions), count, length, keepOpen
+            )
+        result = {
+            "messages": count,
+            "seconds": elapsed,
+            PEAK.key: peakRss(server, sampler),
+            "client_command": command,
+        }
+        if unit == "mib":
+            result["mib_per_s"] = count * length / MiB / elapsed
+        else:
+            result[unit] = count / elapsed
+        return result
+
+    return run
+
+
+def scenarioD(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
+    client = Client(
+        ctx.pin,
+        ctx.logs,
+        ctx.label,
+        "stream",
+        port=server.port,
+        clients=p.d_clients,
+        size=p.d_size,
+        timeout=600,
+    )
+    try:
+        ready = client.expect("ready", 60)
+        time.sleep(0.3)
+        baseline = server.rss()
+        with Sampler(server.pids) as sampler:
+            client.send("go")
+            result = client.result(600)
+        peak = peakRss(server, sampler)
+    finally:
+        client.close()
+    growth = max(0.0, peak - baseline / MiB)
+    return {
+        "messages": result["acked"],
+        "expected_acks": p.d_clients,
+        "seconds": result["elapsed"],
+        "in_flight_mib": ready["inFlight"] / MiB,
+        "baseline_rss_mib": baseline / MiB,
+        PEAK.key: peak,
+        "growth_mib": growth,
+        "growth_per_byte": growth / (ready["inFlight"] / MiB),
+        "mib_per_s": result["bytes"] / MiB / result["elapsed"],
+        "client_command": client.command,
+    }
+
+
+def scenarioE(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
+    time.sleep(0.3)
+    before = server.rss()
+    client = Client(
+        ctx.pin,
+        ctx.logs,
+        ctx.label,
+        "idle",
+        port=server.port,
+        connections=p.e_connections,
+        probes=p.e_probes,
+        timeout=300,
+    )
+    try:
+        opened = client.expect("idle-open", 240)
+        time.sleep(0.3)  # let the server settle
+        after = statistics.median(server.rss() for _ in range(3))
+        client.send("probe")
+        probes = client.expect("probes", 60)
+        client.send("close")
+        result = client.result(60)
+    finally:
+        client.close()
+    if probes["dropped"]:
+        raise ScenarioFailure(f"{probes['dropped']} idle connections were dropped")
+    latencies = [1000 * s for s in probes["latencies"]]
+    return {
+        "messages": result["acked"],
+        "expected_acks": p.e_probes,
+        "connections": opened["connections"],
+        "open_seconds": opened["seconds"],
+        "rss_before_mib": before / MiB,
+        "rss_after_mib": after / MiB,
+        "kib_per_idle_conn": (after - before) / 1024 / opened["connections"],
+        "probe_ms_median": statistics.median(latencies),
+        "probe_ms_max": max(latencies),
+        PEAK.key: server.hwm() / MiB,
+        "client_command": client.command,
+    }
+
+
+def scenarioF(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
+    client = Client(
+        ctx.pin,
+        ctx.logs,
+        ctx.label,
+        "pipeline",
+        port=server.port,
+        sessions=p.f_sessions,
+        messages=p.f_messages,
+        batch=p.f_batch,
+        size=1024,
+        timeout=600,
+    )
+    try:
+        with Sampler(server.pids) as sampler:
+            result = client.result(600)
+    finally:
+        client.close()
+    return {
+        "messages": result["acked"],
+        "expected_acks": p.f_messages,
+        "seconds": result["elapsed"],
+        "msg_per_s": result["acked"] / result["elapsed"],
+        "pipelining_advertised": result["pipelining"],
+        PEAK.key: peakRss(server, sampler),
+        "client_command": client.command,
+    }
+
+
+def scenarioG(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
+    client = Client(
+        ctx.pin,
+        ctx.logs,
+        ctx.label,
+        "tls",
+        port=server.port,
+        sessions=p.g_sessions,
+        messages=p.g_messages,
+        size=1024,
+        timeout=600,
+    )
+    try:
+        result = client.result(600)
+    finally:
+        client.close()
+    return {
+        "messages": result["acked"],
+        "expected_acks": p.g_messages,
+        "seconds": result["elapsed"],
+        "msg_per_s": result["acked"] / result["elapsed"],
+        "client_command": client.command,
+    }
+
+
+def scenarioH(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
+    time.sleep(0.2)
+    baseline = server.rss()
+    client = Client(
+        ctx.pin,
+        ctx.logs,
+        ctx.label,
+        "slowreader",
+        port=server.port,
+        commands=p.h_commands,
+        pause=p.h_pause,
+        timeout=600,
+    )
+    try:
+        with Sampler(server.pids) as sampler:
+            stalled = client.expect("stalled", 60)
+            stalledPeak = max(sampler.peak, server.rss())
+            client.send("read")
+            result = client.result(600)
+        peak = peakRss(server, sampler)
+    finally:
+        client.close()
+    return {
+        "messages": 0,
+        "commands": result["commands"],
+        "replies": result["acked"],
+        "commands_sent_while_stalled": stalled["commandsWritten"],
+        "baseline_rss_mib": baseline / MiB,
+        "growth_stalled_mib": max(0.0, stalledPeak - baseline) / MiB,
+        "growth_mib": max(0.0, peak - baseline / MiB),
+        PEAK.key: peak,
+        "seconds": result["elapsed"],
+        "client_command": client.command,
+    }
+
+
+SCENARIOS = [
+    Scenario(
+        "A",
+        "50 concurrent sessions, 1 KiB messages, kept-open connections",
+        [Metric("msg_per_s", "msg/s", "higher"), PEAK],
+        throughput("a_sessions", "a_messages", 1024, True, "msg_per_s"),
+    ),
+    Scenario(
+        "B",
+        "one 1 KiB message per connection",
+        [Metric("conn_per_s", "conn/s", "higher"), PEAK],
+        throughput("b_sessions", "b_messages", 1024, False, "conn_per_s"),
+    ),
+    Scenario(
+        "C",
+        "10 MiB messages, 4 sessions",
+        [Metric("mib_per_s", "MiB/s", "higher", 1), PEAK],
+        throughput("c_sessions", "c_messages", "c_size", True, "mib"),
+    ),
+    Scenario(
+        "D",
+        "clients streaming one big message each, at once",
+        [
+            PEAK,
+            Metric("growth_mib", "RSS growth MiB", "lower", 1, ratio=False),
+            Metric("growth_per_byte", "growth B/B in flight", "lower", 3, ratio=False),
+            Metric("mib_per_s", "MiB/s", "higher", 1),
+        ],
+        scenarioD,
+    ),
+    Scenario(
+        "E",
+        "idle connections held open, 5 probe transactions meanwhile",
+        [
+            Metric("kib_per_idle_conn", "KiB/idle conn", "lower", 2),
+            Metric("probe_ms_median", "probe ms (median)", "lower", 1),
+            Metric("probe_ms_max", "probe ms (max)", "lower", 1, ratio=False),
+        ],
+        scenarioE,
+    ),
+    Scenario(
+        "F",
+        "pipelined transactions, 10 messages per write, 10 sessions",
+        [Metric("msg_per_s", "msg/s", "higher"), PEAK],
+        scenarioF,
+    ),
+    Scenario(
+        "G",
+        "1 KiB messages over STARTTLS, 10 sessions",
+        [Metric("msg_per_s", "msg/s", "higher")],
+        scenarioG,
+        needsTLS=True,
+    ),
+    Scenario(
+        "H",
+        "slow reader: an EHLO flood whose replies are left unread a while",
+        [
+            Metric(
+                "growth_stalled_mib",
+                "RSS growth MiB while stalled",
+                "lower",
+                1,
+                ratio=False,
+            ),
+            Metric("growth_mib", "RSS growth MiB, whole run", "lower", 1, ratio=False),
+            Metric("seconds", "seconds", "lower", 2),
+        ],
+        scenarioH,
+    ),
+]
+
+
+def describe(s: Scenario, p: Profile) -> str:
+    """
+    The scenario's title with the load this profile gives it.
+    """
+    load = {
+        "A": f"{p.a_messages} msgs, smtp-source -s {p.a_sessions} -d -l 1024",
+        "B": f"{p.b_messages} msgs, smtp-source -s {p.b_sessions} -l 1024",
+        "C": f"{p.c_messages} msgs of {p.c_size // MiB} MiB, "
+        f"smtp-source -s {p.c_sessions} -d",
+        "D": f"{p.d_clients} × {p.d_size // MiB} MiB = "
+        f"{p.d_clients * p.d_size // MiB} MiB in flight",
+        "E": f"{p.e_connections} idle connections after EHLO, {p.e_probes} probes",
+        "F": f"{p.f_messages} msgs",
+        "G": f"{p.g_messages} msgs",
+        "H": f"{p.h_commands} EHLOs, unread for {p.h_pause:g} s",
+    }[s.key]
+    return f"{s.key}. {s.title} ({load})"
+
+
+# -- one measurement ------------------------------------------------------------
+
+
+def measure(
+    spec: ServerSpec,
+    scenario: Scenario,
+    p: Profile,
+    ctx: Context,
+    tls: tuple[str, str] | None,
+) -> dict[str, Any]:
+    """
+    Start the server, warm it up, run the scenario, stop it, and check that
+    what the client was told had been delivered was.
+    """
+    if scenario.needsTLS and spec.tlsArgs is None:
+        return {"na": "n/a (no TLS yet)"}
+    largest = max(p.c_size, p.d_size)
+    try:
+        server = Server(
+            spec,
+            ctx.pin,
+            ctx.logs,
+            ctx.label,
+            largest,
+            tls if scenario.needsTLS else None,
+        )
+    except RuntimeError as e:
+        return {"failure": f"server did not start: {e}"}
+    record: dict[str, Any] = {
+        "server_command": server.command,
+        "port": server.port,
+        "server_pid": server.proc.pid,
+        "measured_pids": server.pids,
+        "listener_pids": server.listenerPids,
+    }
+    try:
+        try:
+            if scenario.needsTLS and "starttls" not in server.features:
+                record["na"] = "n/a (no STARTTLS advertised)"
+                return record
+            server.warmUp()
+            record.update(scenario.run(server, p, ctx))
+            if not server.alive():
+                raise ScenarioFailure(f"server died (exit {server.proc.returncode})")
+        except (ScenarioFailure, OSError, smtplib.SMTPException) as e:
+            record["failure"] = (
+                str(e) if isinstance(e, ScenarioFailure) else f"{type(e).__name__}: {e}"
+            )
+        finally:
+            record["exit_code"] = server.stop()
+            record["server_problems"] = server.problems()
+        if "failure" in record:
+            return record
+        if (
+            record.get("expected_acks") is not None
+            and record["messages"] != record["expected_acks"]
+        ):
+            record["failure"] = (
+                f"client acknowledged {record['messages']} of "
+                f"{record['expected_acks']} messages"
+            )
+        counted = server.delivered()
+        record["server_count"] = counted
+        expected = record["messages"] + 1  # the warm-up message
+        if counted is not None and counted != expected:
+            record["failure"] = (
+                f"server counted {counted} messages, expected "
+                f"{expected} (scenario + 1 warm-up)"
+            )
+        return record
+    finally:
+        server.cleanUp()
+
+
+# -- summary ---------------------------------------------------------------------
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def summarize(scenario: Scenario, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """
+    Per server and metric: median and range over rounds, and the median and
+    range of the per-round ratio to esmtpkit.
+    """
+    byServer: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        byServer.setdefault(run["server"], []).append(run)
+    summary: dict[str, Any] = {}
+    for name, mine in byServer.items():
+        entry: dict[str, Any] = {}
+        good = [r for r in mine if "failure" not in r and "na" not in r]
+        if not good:
+            entry["status"] = next(
+                (r.get("na") or "FAILED: " + r["failure"] for r in mine), "no runs"
+            )
+            summary[name] = entry
+            continue
+        if len(good) < len(mine):
+            entry["failures"] = [r["failure"] for r in mine if "failure" in r]
+        for metric in scenario.metrics:
+            values = [r[metric.key] for r in good if metric.key in r]
+            if not values:
+                continue
+            entry[metric.key] = spread(values)
+            ratios = []
+            for r in good:
+                ref = next(
+                    (
+                        x
+                        for x in runs
+                        if x["server"] == REFERENCE
+                        and x["round"] == r["round"]
+                        and metric.key in x
+                        and "failure" not in x
+                    ),
+                    None,
+                )
+                if ref is not None and ref[metric.key]:
+                    ratios.append(r[metric.key] / ref[metric.key])
+            if ratios:
+                entry[metric.key + "_ratio"] = spread(ratios)
+        summary[name] = entry
+    return summary
+
+
+def fmt(value: float, digits: int) -> str:
+    if abs(value) >= 100 and digits <= 1:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def table(
+    scenario: Scenario, p: Profile, summary: dict[str, Any], order: list[str]
+) -> str:
+    heads = ["server"]
+    for m in scenario.metrics:
+        arrow = "↑" if m.better == "higher" else "↓"
+        heads += [f"{m.label} {arrow}"] + (["÷ esmtpkit"] if m.ratio else [])
+    rows = [
+        "### " + describe(scenario, p),
+        "",
+        "| " + " | ".join(heads) + " |",
+        "|" + "---|" * len(heads),
+    ]
+    for name in order:
+        if name not in summary:
+            continue
+        entry = summary[name]
+        if "status" in entry:
+            rows.append(f"| {name} | {entry['status']} |" + " |" * (len(heads) - 2))
+            continue
+        cells = [name + (" ⚠" if entry.get("failures") else "")]
+        for m in scenario.metrics:
+            s = entry.get(m.key)
+            if s is None:
+                cells += ["–", "–"] if m.ratio else ["–"]
+                continue
+            cell = fmt(s["median"], m.digits)
+            if s["n"] > 1:
+                cell += f" ({fmt(s['min'], m.digits)}–{fmt(s['max'], m.digits)})"
+            cells.append(cell)
+            if m.ratio:
+                r = entry.get(m.key + "_ratio")
+                cells.append(f"{r['median']:.2f}" if r else "–")
+        rows.append("| " + " | ".join(cells) + " |")
+    failures = [
+        f"{name}: {f}"
+        for name in order
+        if name in summary
+        for f in summary[name].get("failures", [])
+    ]
+    if failures:
+        rows += ["", "⚠ runs left out of the medians:"] + [f"- {f}" for f in failures]
+    return "\n".join(rows)
+
+
+def targets(results: dict[str, Any], p: Profile) -> list[dict[str, Any]]:
+    """
+    The issue's targets, each from per-round ratios of the same run.
+    """
+    checks = []
+
+    def perRound(key: str, metric: str, other: str) -> list[float]:
+        runs = results.get(key, {}).get("runs", [])
+        out = []
+        for r in runs:
+            if r["server"] != REFERENCE or metric not in r or "failure" in r:
+                continue
+            o = next(
+                (
+                    x
+                    for x in runs
+                    if x["server"] == other
+                    and x["round"] == r["round"]
+                    and metric in x
+                    and "failure" not in x
+                ),
+                None,
+            )
+            if o and o[metric]:
+                out.append(r[metric] / o[metric])
+        return out
+
+    for key, metric in (("A", "msg_per_s"), ("B", "conn_per_s"), ("F", "msg_per_s")):
+        for other, goal in (("twisted.mail", 1.3), ("aiosmtpd", 4.0)):
+            ratios = perRound(key, metric, other)
+            if ratios:
+                value = statistics.median(ratios)
+                checks.append(
+                    {
+                        "target": f"{key}: esmtpkit ≥ {goal}× {other}",
+                        "measured": f"{value:.2f}×",
+                        "met": value >= goal,
+                    }
+                )
+    ratios = perRound("C", "mib_per_s", "twisted.mail")
+    if ratios:
+        value = statistics.median(ratios)
+        checks.append(
+            {
+                "target": "C: esmtpkit ≥ 2× twisted.mail body throughput",
+                "measured": f"{value:.2f}×",
+                "met": value >= 2,
+            }
+        )
+    entry = results.get("D", {}).get("summary", {}).get(REFERENCE, {})
+    if PEAK.key in entry:
+        value = entry[PEAK.key]["median"]
+        inFlight = p.d_clients * p.d_size // MiB
+        note = (
+            "" if inFlight >= 400 else f" (only {inFlight} MiB in flight in this run)"
+        )
+        checks.append(
+            {
+                "target": "D: esmtpkit peak RSS ≤ 64 MiB with 400 MiB in flight",
+                "measured": f"{value:.1f} MiB{note}",
+                "met": value <= 64,
+            }
+        )
+    entry = results.get("E", {}).get("summary", {}).get(REFERENCE, {})
+    if "kib_per_idle_conn" in entry:
+        value = entry["kib_per_idle_conn"]["median"]
+        checks.append(
+            {
+                "target": "E: esmtpkit ≤ 2 KiB RSS per idle connection",
+                "measured": f"{value:.2f} KiB",
+                "met": value <= 2,
+            }
+        )
+    return checks
+
+
+def chart(results: dict[str, Any], order: list[str], path: Path) -> None:
+    """
+    msg/s (A, F) and peak RSS (A, D) per server, medians with min–max bars.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (
+            "Throughput (msg/s, higher is better)",
+            [("A", "msg_per_s"), ("F", "msg_per_s")],
+        ),
+        ("Peak server RSS (MiB, lower is better)", [("A", PEAK.key), ("D", PEAK.key)]),
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, (title, series) in zip(axes, panels, strict=True):
+        names = [
+            n
+            for n in order
+            if any(
+                n in results.get(k, {}).get("summary", {})
+                and m in results[k]["summary"][n]
+                for k, m in series
+            )
+        ]
+        width = 0.8 / len(series)
+        for i, (key, metric) in enumerate(series):
+            summary = results.get(key, {}).get("summary", {})
+            xs, ys, lo, hi = [], [], [], []
+            for j, name in enumerate(names):
+                s = summary.get(name, {}).get(metric)
+                if s:
+                    xs.append(j + (i - (len(series) - 1) / 2) * width)
+                    ys.append(s["median"])
+                    lo.append(s["median"] - s["min"])
+                    hi.append(s["max"] - s["median"])
+            bars = ax.bar(
+                xs, ys, width, yerr=[lo, hi], capsize=3, label=f"scenario {key}"
+            )
+            ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("esmtpkit benchmark (medians, min–max over rounds)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+# -- the run --------------------------------------------------------------------
+
+
+def selfSignedCertificate(folder: Path) -> tuple[str, str] | None:
+    cert, key = folder / "tls-cert.pem", folder / "tls-key.pem"
+    if not shutil.which("openssl"):
+        return None
+    proc = subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        capture_output=True,
+    )
+    return (str(cert), str(key)) if proc.returncode == 0 else None
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("esmtpkit", "Twisted", "aiosmtpd"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "missing"
+    git = subprocess.run(
+        ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+    )
+    found["esmtpkit_git"] = git.stdout.strip()
+    dpkg = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", "postfix"],
+        capture_output=True,
+        text=True,
+    )
+    found["postfix"] = dpkg.stdout.strip() or "unknown"
+    return found
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "memory_gib": round(
+            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1
+        ),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def commands(results: dict[str, Any], order: list[str]) -> list[str]:
+    """
+    The exact command lines used: each server's (from its first run) and
+    each scenario's load (from its first run against esmtpkit).
+    """
+
+    def show(command: list[str], port: int) -> str:
+        text = " ".join(command).replace(str(BIN) + "/", "bench/.venv/bin/")
+        text = text.replace(str(HERE) + "/", "bench/")
+        text = re.sub(r"/tmp/esmtpkit-bench-\w+", "SCRATCH", text)
+        return re.sub(rf"\b{port}\b", "PORT", text)
+
+    runs = [r for s in results.values() for r in s["runs"] if "port" in r]
+    lines = []
+    for name in order:
+        run = next((r for r in runs if r["server"] == name), None)
+        if run:
+            lines.append(f"# {name}: " + show(run["server_command"], run["port"]))
+    for key, scenario in results.items():
+        withLoad = [r for r in scenario["runs"] if "client_command" in r]
+        run = next(
+            (r for r in withLoad if r["server"] == REFERENCE),
+            withLoad[0] if withLoad else None,
+        )
+        if run:
+            lines.append(f"# {key}: " + show(run["client_command"], run["port"]))
+    return lines
+
+
+@contextlib.contextmanager
+def stopEverythingOnExit() -> Iterator[None]:
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+    # Also when started from a shell that ignores SIGINT in background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        stopAll()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller loads and 2 rounds (about a minute)",
+    )
+    parser.add_argument("--rounds", type=int, help="rounds per scenario")
+    parser.add_argument(
+        "--scenarios",
+        default="ABCDEFGH",
+        help="scenario letters to run [default: ABCDEFGH]",
+    )
+    parser.add_argument("--servers", help="comma-separated server names [default: all]")
+    parser.add_argument("--chart", type=Path, help="write the chart PNG here")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="results file [default: bench/results/<timestamp>.json]",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
+    parser.add_argument(
+        "--d-size",
+        type=int,
+        metavar="MiB",
+        help="D: size of each streamed message [default: 20, --quick: 4]",
+    )
+    parser.add_argument(
+        "--d-clients", type=int, help="D: clients streaming at once [default: 20]"
+    )
+    args = parser.parse_args()
+
+    profile = QUICK if args.quick else FULL
+    if args.d_size:
+        profile.d_size = args.d_size * MiB
+    if args.d_clients:
+        profile.d_clients = args.d_clients
+    if args.rounds:
+        profile.rounds = args.rounds
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    resultsDir = HERE / "results"
+    logs = resultsDir / f"{stamp}-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    jsonPath = args.json or resultsDir / f"{stamp}.json"
+
+    # E holds thousands of connections: raise our (inherited) descriptor limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < profile.e_connections + 200:
+        profile.e_connections = max(100, hard - 200)
+        print(
+            f"bench: file-descriptor limit {hard}: E holds only "
+            f"{profile.e_connections} connections",
+            file=sys.stderr,
+        )
+
+    pin = pinning(not args.no_pin)
+    specs = servers(args.servers.split(",") if args.servers else None)
+    order = [s.name for s in specs]
+    chosen = [s for s in SCENARIOS if s.key in args.scenarios.upper()]
+    tls = selfSignedCertificate(logs) if any(s.needsTLS for s in chosen) else None
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        s.key: {"title": describe(s, profile), "runs": []} for s in chosen
+    }
+    report: dict[str, Any] = {
+        "started": stamp,
+        "argv": sys.argv[1:],
+        "profile": asdict(profile),
+        "machine": machine(),
+        "versions": versions(),
+        "pinning": pin.note,
+        "reference": REFERENCE,
+        "scenarios": results,
+        "logs": str(logs),
+    }
+    print(
+        f"bench: {len(specs)} servers × {len(chosen)} scenarios × "
+        f"{profile.rounds} rounds; {pin.note}; logs in {logs}",
+        file=sys.stderr,
+    )
+
+    with stopEverythingOnExit():
+        for round in range(profile.rounds):
+            rotation = specs[round % len(specs) :] + specs[: round % len(specs)]
+            for scenario in chosen:
+                for spec in rotation:
+                    if scenario.key not in spec.scenarios:
+                        continue
+                    label = f"r{round}-{scenario.key}-{spec.name}"
+                    began = time.monotonic()
+                    ctx = Context(pin, logs, label)
+                    record = measure(spec, scenario, profile, ctx, tls)
+                    record.update(
+                        server=spec.name,
+                        round=round,
+                        wall_seconds=time.monotonic() - began,
+                    )
+                    results[scenario.key]["runs"].append(record)
+                    status = record.get("na") or (
+                        "FAILED: " + record["failure"]
+                        if "failure" in record
+                        else ", ".join(
+                            f"{m.label} {fmt(record[m.key], m.digits)}"
+                            for m in scenario.metrics
+                            if m.key in record
+                        )
+                    )
+                    print(
+                        f"  round {round + 1} {scenario.key} {spec.name:16} {status}",
+                        file=sys.stderr,
+                    )
+
+    lines = [
+        f"## esmtpkit benchmark {stamp}",
+        "",
+        f"{report['machine']['cores']} cores ({report['machine']['cpu']}), "
+        f"{pin.note}; {profile.rounds} rounds"
+        f"{' (--quick)' if args.quick else ''}; medians (min–max); "
+        "÷ esmtpkit = per-round ratio to esmtpkit (Sink handler), median.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+        "",
+    ]
+    for scenario in chosen:
+        results[scenario.key]["summary"] = summarize(
+            scenario, results[scenario.key]["runs"]
+        )
+        lines += [table(scenario, profile, results[scenario.key]["summary"], order)]
+        unadvertised = sorted(
+            {
+                r["server"]
+                for r in results[scenario.key]["runs"]
+                if r.get("pipelining_advertised") is False
+            }
+        )
+        if unadvertised:
+            lines += [
+                "",
+                f"{', '.join(unadvertised)}: no PIPELINING in the EHLO reply; "
+                "sent pipelined all the same, and every reply was checked.",
+            ]
+        lines.append("")
+    report["targets"] = targets(results, profile)
+    if report["targets"]:
+        lines += [
+            "### Targets of issue 6 (medians of per-round ratios)",
+            "",
+            "| target | measured | met |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |"
+            for t in report["targets"]
+        ]
+        lines.append("")
+    if (
+        not any(s.name == "esmtpkit-2w" for s in specs)
+        and "A" in args.scenarios.upper()
+    ):
+        lines += ["A with 2 workers: n/a (esmtpkit has no --workers yet)", ""]
+    lines += ["### Commands (PORT: a free loopback port per run)", "", "```"]
+    lines += commands(results, order)
+    lines += ["```", ""]
+    problems = sorted(
+        {
+            f"{r['server']}: {line}"
+            for s in results.values()
+            for r in s["runs"]
+            for line in r.get("server_problems", [])
+        }
+    )
+    if problems:
+        lines += ["### Errors in server output", ""] + [f"- {p}" for p in problems[:40]]
+        lines.append("")
+    report["seconds"] = time.monotonic() - started
+    lines.append(
+        f"Run took {report['seconds']:.0f} s; raw results: "
+        f"{jsonPath.relative_to(REPO) if jsonPath.is_relative_to(REPO) else jsonPath}"
+    )
+    text = "\n".join(lines)
+    report["markdown"] = text
+    jsonPath.parent.mkdir(parents=True, exist_ok=True)
+    jsonPath.write_text(json.dumps(report, indent=1, default=str))
+    if args.chart:
+        chart(results, order, args.chart)
+        print(f"bench: chart written to {args.chart}", file=sys.stderr)
+    print(text)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("bench: interrupted; every server and client it started is stopped")
