@@ -19,6 +19,7 @@ from twisted.logger import (
 )
 
 from .protocol import ESMTPProtocol
+from .reply import Reply
 from .settings import Settings
 
 __all__ = ["ESMTPFactory", "HandlerFactory"]
@@ -82,18 +83,44 @@ class ESMTPFactory(ServerFactory):
         )
         self.log = Logger(namespace="esmtpkit", observer=observer)
         self.connections: set[ESMTPProtocol] = set()
+        self._perPeer: dict[str, int] = {}
 
     def buildProtocol(self, addr: IAddress | None) -> ESMTPProtocol:
         return self.protocol(self)
 
-    def connectionOpened(self, protocol: ESMTPProtocol) -> None:
+    def connectionOpened(self, protocol: ESMTPProtocol) -> Reply | None:
         """
-        Called by a connection once it is made.
+        Register a new connection; return the reply that refuses it when it
+        is over the total or per-peer connection limit, else L{None}.
         """
+        settings = self.settings
+        peer = protocol.session.peerHost
         self.connections.add(protocol)
+        count = self._perPeer[peer] = self._perPeer.get(peer, 0) + 1
+        host = settings.hostname
+        if settings.maxConnections and len(self.connections) > settings.maxConnections:
+            return Reply(
+                421, f"{host} Too many connections, try again later", enhanced="4.7.0"
+            )
+        if (
+            settings.maxConnectionsPerPeer
+            and count > settings.maxConnectionsPerPeer
+            and not settings.isExempt(peer)
+        ):
+            return Reply(
+                421, f"{host} Too many connections from your address", enhanced="4.7.0"
+            )
+        return None
 
     def connectionClosed(self, protocol: ESMTPProtocol) -> None:
         """
         Called by a connection once it is lost.
         """
-        self.connections.discard(protocol)
+        if protocol in self.connections:
+            self.connections.discard(protocol)
+            peer = protocol.session.peerHost
+            count = self._perPeer.get(peer, 0) - 1
+            if count > 0:
+                self._perPeer[peer] = count
+            else:
+                self._perPeer.pop(peer, None)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from zope.interface import implementer
 
-from .command import MAIL_PARAMETERS, RCPT_PARAMETERS
 from .interfaces import IESMTPHandler
 from .reply import HookResult, Reply
 from .session import Params, Session
@@ -45,7 +44,7 @@ class ESMTPHandler:
         Accept the sender; refuse parameters esmtpkit does not know (a
         handler that understands more overrides this).
         """
-        return _unknownParameter(params, MAIL_PARAMETERS) or Reply(
+        return _unknownParameter(params) or Reply(
             250, f"<{sender}>, sender ok", enhanced="2.1.0"
         )
 
@@ -53,7 +52,7 @@ class ESMTPHandler:
         """
         Accept the recipient; refuse parameters esmtpkit does not know.
         """
-        return _unknownParameter(params, RCPT_PARAMETERS) or Reply(
+        return _unknownParameter(params) or Reply(
             250, f"<{recipient}>, recipient ok", enhanced="2.1.5"
         )
 
@@ -110,9 +109,10 @@ class ESMTPHandler:
         return None
 
 
-def _unknownParameter(params: Params, known: frozenset[str]) -> HookResult:
+def _unknownParameter(params: Params) -> Reply | None:
+    unknown: frozenset[str] = getattr(params, "unknown", frozenset())
     for keyword in params:
-        if keyword not in known:
+        if keyword in unknown:
             return Reply(555, f"Unsupported parameter {keyword}", enhanced="5.5.4")
     return None
 

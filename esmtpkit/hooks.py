@@ -24,6 +24,7 @@ from twisted.internet.defer import (
 )
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -152,6 +153,17 @@ class HookRunner:
             done(result)
             return
         deferred: Deferred[Any] = ensureDeferred(result)
+        if not deferred.called and self._timeout:
+            deferred.addTimeout(self._timeout, self._clock)
+        self._await(deferred, done)
+
+    def sleep(self, seconds: float) -> None:
+        """
+        Hold the queue, and input, for C{seconds} (to slow a client down).
+        """
+        self._await(deferLater(self._clock, seconds), lambda value: None)
+
+    def _await(self, deferred: Deferred[Any], done: Done) -> None:
         settled: list[Any] = []
 
         def fired(value: Any) -> None:
@@ -160,8 +172,6 @@ class HookRunner:
             else:
                 settled.append(value)
 
-        if not deferred.called and self._timeout:
-            deferred.addTimeout(self._timeout, self._clock)
         deferred.addBoth(fired)
         if settled:
             done(settled[0])

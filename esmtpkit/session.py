@@ -16,11 +16,20 @@ from twisted.internet.interfaces import IAddress
 
 __all__ = ["Recipient", "Session", "Transaction", "TLSInfo", "Params"]
 
-Params = dict[str, "str | None"]
-"""
-ESMTP parameters of a MAIL or RCPT command: upper-cased keyword to value,
-L{None} for a keyword without a value (C{SMTPUTF8}).
-"""
+
+class Params(dict[str, "str | None"]):
+    """
+    ESMTP parameters of a MAIL or RCPT command: upper-cased keyword to value,
+    L{None} for a keyword without a value (C{SMTPUTF8}). Values of known
+    parameters are checked and normalised (C{BODY}, C{RET} and C{NOTIFY}
+    upper-cased; C{ENVID} and C{ORCPT} decoded from xtext).
+
+    @ivar unknown: the keywords esmtpkit does not handle itself; the default
+        handler refuses them (555 5.5.4), a handler that understands them
+        may accept them.
+    """
+
+    unknown: frozenset[str] = frozenset()
 
 
 def _newId() -> str:
@@ -37,7 +46,7 @@ class Recipient:
     """
 
     address: str
-    params: Params = field(default_factory=dict)
+    params: Params = field(default_factory=Params)
 
     def __str__(self) -> str:
         return self.address
@@ -80,7 +89,7 @@ class Transaction:
 
     id: str
     sender: str
-    mailParams: Params = field(default_factory=dict)
+    mailParams: Params = field(default_factory=Params)
     recipients: list[Recipient] = field(default_factory=list)
     headers: list[tuple[str, str]] = field(default_factory=list)
     rawHeaders: bytes = b""
