@@ -138,14 +138,13 @@ class Settings:
                 raise ValueError(f"{name}: must not be negative")
         if self.bareLineEndings not in ("reject", "normalize"):
             raise ValueError("bareLineEndings: must be 'reject' or 'normalize'")
-        object.__setattr__(
-            self,
-            "exemptNetworks",
-            tuple(
-                ipaddress.ip_network(n, strict=False)
-                for n in self.connectionLimitExempt
-            ),
-        )
+        try:
+            networks = tuple(
+                ipaddress.ip_network(n, strict=False) for n in self.connectionLimitExempt
+            )
+        except ValueError as e:
+            raise ValueError(f"connectionLimitExempt: {e}") from None
+        object.__setattr__(self, "exemptNetworks", networks)
 
     def isExempt(self, host: str) -> bool:
         """
