@@ -87,6 +87,8 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
         self._errors = 0
         self._greetingCall: IDelayedCall | None = None
         self._pausedAt = 0.0
+        self._pauseReasons: set[str] = set()
+        self._transportPaused = False
         self._debug = settings.logLevel.name == "debug"
         self._verb = "CONNECT"  # the command being answered, for the log
         self._resetMessage()
@@ -129,6 +131,7 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
             )
             return
         self.handler = handler
+        self.transport.registerProducer(self, True)
         self._hooks = HookRunner(
             handler,
             session.id,
@@ -192,22 +195,54 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
             self._closing = True
             self.transport.loseConnection()
 
+    # -- flow control -----------------------------------------------------
+    # Input stops for two reasons: a hook is pending (so replies stay in
+    # order and a slow handler slows the client down), or the client is not
+    # reading our replies (the transport, whose producer we are, says its
+    # write buffer is full). Reading resumes when neither holds.
+
     def _pauseForHook(self) -> None:
-        self.paused = True
         self.setTimeout(None)
         self._pausedAt = self.factory.clock.seconds()
         # Before the greeting, keep reading: a client that talks first is
         # caught by dataReceived.
-        if not self._closing and self._state != GREETING:
-            self.transport.pauseProducing()
+        self._pauseInput("hook", stopTransport=self._state != GREETING)
 
     def _resumeAfterHook(self) -> None:
+        if not self._closing:
+            self._holdDeadline(self.factory.clock.seconds() - self._pausedAt)
+            self.setTimeout(self.settings.idleTimeout)
+        self._resumeInput("hook")
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's write buffer is full: read nothing more until the
+        client has taken its replies.
+        """
+        self._pauseInput("output")
+
+    def resumeProducing(self) -> None:
+        self._resumeInput("output")
+
+    def stopProducing(self) -> None:
+        self._closing = True
+
+    def _pauseInput(self, reason: str, stopTransport: bool = True) -> None:
+        self._pauseReasons.add(reason)
+        self.paused = True
+        if stopTransport and not self._transportPaused and not self._closing:
+            self._transportPaused = True
+            self.transport.pauseProducing()
+
+    def _resumeInput(self, reason: str) -> None:
+        self._pauseReasons.discard(reason)
+        if self._pauseReasons:
+            return
         self.paused = False
         if self._closing:
             return
-        self._holdDeadline(self.factory.clock.seconds() - self._pausedAt)
-        self.setTimeout(self.settings.idleTimeout)
-        if self._state != GREETING:
+        if self._transportPaused:
+            self._transportPaused = False
             self.transport.resumeProducing()
         self.dataReceived(b"")
 
