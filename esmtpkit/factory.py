@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import (
@@ -18,9 +19,11 @@ from twisted.logger import (
     globalLogPublisher,
 )
 
+from .auth import Authenticator
 from .protocol import ESMTPProtocol
 from .reply import Reply
 from .settings import Settings
+from .tls import ServerTLS
 
 __all__ = ["ESMTPFactory", "HandlerFactory"]
 
@@ -46,6 +49,9 @@ class ESMTPFactory(ServerFactory):
     @ivar log: the L{Logger} that connections log through, filtered at
         C{settings.logLevel}.
     @ivar connections: the open connections.
+    @ivar tls: the L{ServerTLS}, or L{None}.
+    @ivar authenticator: the L{Authenticator} over the AUTH portal, or
+        L{None}.
     """
 
     protocol = ESMTPProtocol
@@ -57,6 +63,8 @@ class ESMTPFactory(ServerFactory):
         *,
         clock: IReactorTime | None = None,
         logObserver: ILogObserver | None = None,
+        tls: ServerTLS | None = None,
+        portal: Portal | None = None,
         **overrides: Any,
     ) -> None:
         """
@@ -67,6 +75,11 @@ class ESMTPFactory(ServerFactory):
         @param clock: the time source; the global reactor by default.
         @param logObserver: where log events go; the global log publisher
             by default.
+        @param tls: certificates for STARTTLS and implicit TLS listeners;
+            without them STARTTLS is not offered.
+        @param portal: a L{twisted.cred} portal to check AUTH credentials
+            (see L{esmtpkit.auth.makePortal}); without it AUTH is not
+            offered. Its avatars must be identities (user names).
         """
         if not callable(handlerFactory):
             raise TypeError(f"{handlerFactory!r} is not callable")
@@ -83,6 +96,8 @@ class ESMTPFactory(ServerFactory):
         )
         self.log = Logger(namespace="esmtpkit", observer=observer)
         self.connections: set[ESMTPProtocol] = set()
+        self.tls = tls
+        self.authenticator = Authenticator(portal) if portal is not None else None
         self._perPeer: dict[str, int] = {}
 
     def buildProtocol(self, addr: IAddress | None) -> ESMTPProtocol:

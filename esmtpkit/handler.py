@@ -105,6 +105,12 @@ class ESMTPHandler:
         shown = "".join(c if c.isprintable() else "?" for c in line[:64])
         return Reply(500, f"Command unrecognized: {shown}", enhanced="5.5.2")
 
+    def STARTTLS(self) -> HookResult:
+        return Reply(220, "Ready to start TLS", enhanced="2.0.0")
+
+    def AUTH(self, identity: str) -> HookResult:
+        return Reply(235, "Authentication successful", enhanced="2.7.0")
+
     def DISCONNECT(self) -> HookResult:
         return None
 

@@ -157,6 +157,14 @@ class HookRunner:
             deferred.addTimeout(self._timeout, self._clock)
         self._await(deferred, done)
 
+    def wait(self, deferred: Deferred[Any], done: Done) -> None:
+        """
+        Treat C{deferred} (work esmtpkit does for the handler, such as
+        checking credentials) like a pending hook: hold the queue and input
+        until it fires, then pass its result to C{done}.
+        """
+        self._await(deferred, done)
+
     def sleep(self, seconds: float) -> None:
         """
         Hold the queue, and input, for C{seconds} (to slow a client down).

@@ -45,16 +45,37 @@ def xtextDecode(text: str) -> str:
     return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
 
 
-def checkMailParams(params: Params, settings: Settings, esmtp: bool) -> Params:
+def checkMailParams(
+    params: Params,
+    settings: Settings,
+    esmtp: bool,
+    tls: bool = False,
+    auth: bool = False,
+) -> Params:
     """
     Check the MAIL parameters esmtpkit knows and mark the others as unknown.
 
     @param esmtp: the client greeted with EHLO (after HELO no parameter is
         allowed at all).
+    @param tls: the connection is encrypted (REQUIRETLS is allowed).
+    @param auth: AUTH is offered on this connection (AUTH= is known).
     @raise ReplyError: a known parameter is wrong.
     """
     _requireEhlo(params, esmtp)
-    known = {"SIZE", "BODY", "SMTPUTF8"}
+    known = {"SIZE", "BODY", "SMTPUTF8", "REQUIRETLS"}
+    if "REQUIRETLS" in params:
+        if params["REQUIRETLS"] is not None:
+            raise _bad("REQUIRETLS")
+        if not tls:
+            raise ReplyError(
+                Reply(
+                    530, "REQUIRETLS needs an encrypted connection", enhanced="5.7.10"
+                )
+            )
+    if auth:
+        known.add("AUTH")
+        if "AUTH" in params:
+            params["AUTH"] = _authParam(params["AUTH"])
     if "SIZE" in params:
         size = params["SIZE"]
         if size is None or not size.isdigit() or len(size) > 20:
@@ -121,6 +142,20 @@ def checkRcptParams(
             params["ORCPT"] = _orcpt(params["ORCPT"], utf8)
     params.unknown = frozenset(params.keys() - known)
     return params
+
+
+def _authParam(value: str | None) -> str:
+    # RFC 4954 section 5: AUTH=<> or AUTH=xtext(addr-spec); the decoded
+    # mailbox, or "<>" for an unknown one.
+    if value == "<>":
+        return value
+    try:
+        decoded = xtextDecode(value or "")
+    except ValueError:
+        raise _bad("AUTH") from None
+    if not decoded or not decoded.isprintable():
+        raise _bad("AUTH")
+    return decoded
 
 
 def _orcpt(value: str | None, utf8: bool) -> str:

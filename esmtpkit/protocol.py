@@ -29,6 +29,7 @@ from .lines import PushbackLineReceiver
 from .message import CHUNK, COMMAND, HEADERS, MessageReceiver
 from .params import checkMailParams, checkRcptParams
 from .reply import Reply, ReplyError
+from .security import AUTH_STATE, SecureCommands
 from .session import Params, Recipient, Session
 
 if TYPE_CHECKING:
@@ -62,7 +63,9 @@ def _sequence(text: str) -> Reply:
     return Reply(503, text, enhanced="5.5.1")
 
 
-class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
+class ESMTPProtocol(
+    PushbackLineReceiver, MessageReceiver, SecureCommands, TimeoutMixin
+):
     """
     One SMTP server connection, driving one L{IESMTPHandler}.
 
@@ -288,8 +291,11 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
         self._hooks.drive()
 
     def lineReceived(self, line: bytes) -> None:
-        if self._state == HEADERS:
+        state = self._state
+        if state == HEADERS:
             self._headerLine(line)
+        elif state == AUTH_STATE:
+            self._authLine(line)
         else:
             self._commandLine(line)
         self._hooks.drive()
@@ -443,7 +449,7 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
             keywords.append("DSN")
         if settings.limits:
             keywords.append(f"LIMITS RCPTMAX={settings.maxRecipients}")
-        return keywords
+        return keywords + self._secureExtensions()
 
     def _abortStep(self) -> None:
         """
@@ -494,6 +500,12 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
         if session.transaction is not None:
             self._write(_sequence("Sender already specified"))
             return
+        refusal = self._tlsRequired()
+        if refusal is None and self.settings.requireAuth and not session.authenticated:
+            refusal = Reply(530, "Authentication required", enhanced="5.7.0")
+        if refusal is not None:
+            self._write(refusal)
+            return
         try:
             sender, params = self._mailArguments(arg)
         except ReplyError as e:
@@ -517,6 +529,8 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
             parseParams(text, utf8=self.settings.smtputf8),
             self.settings,
             self.session.esmtp,
+            tls=self.tlsActive(),
+            auth=self._authOffered(),
         )
         if sender:
             checkMailbox(sender, "SMTPUTF8" in params, sender=True)

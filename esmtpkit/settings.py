@@ -69,6 +69,14 @@ class Settings:
         before it may: before the greeting, after a command whose reply it
         must wait for (HELO, EHLO, DATA, ...), or several commands at once
         without PIPELINING (Postfix's smtpd_forbid_unauth_pipelining).
+    @ivar requireTLS: refuse MAIL and AUTH with 530 5.7.0 until the
+        connection is encrypted (STARTTLS or an implicit TLS listener).
+    @ivar allowInsecureAuth: offer and accept AUTH without TLS.
+    @ivar requireAuth: refuse MAIL with 530 5.7.0 until the client has
+        authenticated.
+    @ivar maxAuthFailures: failed AUTH attempts per connection before 421
+        4.7.0 (each failure also waits C{errorDelay} seconds per failure so
+        far); 0 for no limit.
     @ivar enhancedStatusCodes: advertise ENHANCEDSTATUSCODES (RFC 2034) and
         write enhanced codes on replies.
     @ivar pipelining: advertise PIPELINING (RFC 2920). A client that sends
@@ -102,6 +110,10 @@ class Settings:
     connectionLimitExempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     greetingDelay: float = 0.0
     enforceSync: bool = True
+    requireTLS: bool = False
+    allowInsecureAuth: bool = False
+    requireAuth: bool = False
+    maxAuthFailures: int = 3
     enhancedStatusCodes: bool = True
     pipelining: bool = True
     size: bool = True
@@ -132,6 +144,7 @@ class Settings:
             "maxConnections",
             "maxConnectionsPerPeer",
             "greetingDelay",
+            "maxAuthFailures",
         )
         for name in nonNegative:
             if getattr(self, name) < 0:
@@ -140,7 +153,8 @@ class Settings:
             raise ValueError("bareLineEndings: must be 'reject' or 'normalize'")
         try:
             networks = tuple(
-                ipaddress.ip_network(n, strict=False) for n in self.connectionLimitExempt
+                ipaddress.ip_network(n, strict=False)
+                for n in self.connectionLimitExempt
             )
         except ValueError as e:
             raise ValueError(f"connectionLimitExempt: {e}") from None

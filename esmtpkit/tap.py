@@ -9,15 +9,21 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.cred import strcred
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.logger import InvalidLogLevelError, LogLevel
 from twisted.python import usage
 from twisted.python.reflect import namedAny
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyClass
 
+from .auth import makePortal
 from .interfaces import IESMTPHandler
+from .scram import IScramSHA256Credentials, ScramFileChecker
 from .service import DEFAULT_PORT, ESMTPService
 from .settings import Settings
+from .tls import ServerTLS, TLSConfigurationError
 
 __all__ = ["Options", "makeService"]
 
@@ -35,6 +41,10 @@ def _size(text: str) -> int:
     if not number.isdigit():
         raise ValueError(f"{text!r} is not a size such as 65536 or 64K")
     return int(number) * factor
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
 
 
 def _count(text: str) -> int:
@@ -194,6 +204,13 @@ _SETTINGS: list[tuple[str, str, Callable[[str], Any], str | None, str]] = [
         "554 5.5.0.",
     ),
     (
+        "max-auth-failures",
+        "maxAuthFailures",
+        _count,
+        "3",
+        "Failed AUTH attempts per connection before 421 4.7.0 (0: no limit).",
+    ),
+    (
         "log-level",
         "logLevel",
         _level,
@@ -219,7 +236,7 @@ _EXTENSIONS = {
 _OPTION_OF = {field: option for option, field, _, _, _ in _SETTINGS}
 
 
-class Options(usage.Options):
+class Options(usage.Options, strcred.AuthOptionMixin):
     """
     Options of C{twistd esmtpkit}.
     """
@@ -233,6 +250,22 @@ class Options(usage.Options):
     )
 
     optParameters = [
+        [
+            "tls-cert",
+            None,
+            None,
+            "PEM file with the certificate (then any chain) for STARTTLS and "
+            "ssl: listeners.",
+        ],
+        ["tls-key", None, None, "PEM file with the private key [default: --tls-cert]."],
+        ["tls-min-version", None, "1.2", "Lowest TLS version: 1.2 or 1.3."],
+        [
+            "tls-client-ca",
+            None,
+            None,
+            "PEM file of CAs; clients may present a certificate signed by one "
+            "(verified, then shown to the handler).",
+        ],
         [
             "handler",
             None,
@@ -254,7 +287,28 @@ class Options(usage.Options):
             "Do not disconnect clients that talk before the greeting or pipeline "
             "without PIPELINING (554 5.5.0).",
         ],
+        [
+            "require-tls",
+            None,
+            "Refuse MAIL and AUTH (530 5.7.0) until the client has started TLS.",
+        ],
+        [
+            "allow-insecure-auth",
+            None,
+            "Offer and accept AUTH without TLS (credentials in the clear).",
+        ],
+        [
+            "require-auth",
+            None,
+            "Refuse MAIL (530 5.7.0) until the client has authenticated.",
+        ],
     ]
+
+    supportedInterfaces = (
+        IUsernamePassword,
+        IUsernameHashedPassword,
+        IScramSHA256Credentials,
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -285,12 +339,63 @@ class Options(usage.Options):
         "Do not offer this EHLO extension, repeatable: " + ", ".join(_EXTENSIONS) + "."
     )
 
+    def opt_auth(self, description: str) -> None:
+        if description.startswith("scram-file:"):
+            try:
+                self.addChecker(ScramFileChecker(description[len("scram-file:") :]))
+            except ValueError as e:
+                raise usage.UsageError(f"--auth {description}: {e}") from None
+            return
+        try:
+            super().opt_auth(description)
+        except usage.UsageError:
+            raise
+        except Exception as e:
+            raise usage.UsageError(f"--auth {description}: {e}") from None
+        checker = self["credCheckers"][-1]
+        if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
+            # strcred's memory: checker keeps text, but SASL gives bytes.
+            checker.users = {
+                _bytes(user): _bytes(password)
+                for user, password in checker.users.items()
+            }
+
+    opt_auth.__doc__ = (
+        "Check AUTH credentials with this twisted.cred checker, repeatable: "
+        "file:PATH, memory:USER:PASS, unix, ... (see --help-auth), or "
+        "scram-file:PATH (SCRAM-SHA-256 verifiers; make lines with "
+        "python -m esmtpkit scram USER)."
+    )
+
     def postOptions(self) -> None:
         if not self["ports"]:
             self["ports"] = [DEFAULT_PORT]
         self["settings"] = self._settings()
+        self["tls"] = self._tls()
+        checkers = self.get("credCheckers") or []
+        self["portal"] = makePortal(checkers) if checkers else None
+        if self["require-auth"] and self["portal"] is None:
+            raise usage.UsageError("--require-auth needs --auth")
         self["handlerFactory"] = self._handlerFactory()
         self._checkPorts()
+
+    def _tls(self) -> ServerTLS | None:
+        if self["tls-cert"] is None:
+            for option in ("tls-key", "tls-client-ca"):
+                if self[option] is not None:
+                    raise usage.UsageError(f"--{option} needs --tls-cert")
+            if self["require-tls"]:
+                raise usage.UsageError("--require-tls needs --tls-cert")
+            return None
+        try:
+            return ServerTLS(
+                self["tls-cert"],
+                self["tls-key"],
+                str(self["tls-min-version"]),
+                self["tls-client-ca"],
+            )
+        except TLSConfigurationError as e:
+            raise usage.UsageError(f"--tls-cert/--tls-key: {e}") from None
 
     def _settings(self) -> Settings:
         values: dict[str, Any] = {}
@@ -304,6 +409,9 @@ class Options(usage.Options):
         for keyword in self["disabled-extensions"]:
             values[_EXTENSIONS[keyword]] = False
         values["enforceSync"] = not self["no-enforce-sync"]
+        values["requireTLS"] = bool(self["require-tls"])
+        values["allowInsecureAuth"] = bool(self["allow-insecure-auth"])
+        values["requireAuth"] = bool(self["require-auth"])
         try:
             return Settings(**values)
         except ValueError as e:
@@ -351,11 +459,11 @@ class Options(usage.Options):
     def _checkPorts(self) -> None:
         from twisted.internet import reactor
 
-        from .proxy import proxyServerFromString
+        from .endpoints import serverFromDescription
 
         for description in self["ports"]:
             try:
-                proxyServerFromString(reactor, description)
+                serverFromDescription(reactor, description, self["tls"])
             except Exception as e:
                 raise usage.UsageError(
                     f"--port {description}: {type(e).__name__}: {e}"
@@ -367,5 +475,9 @@ def makeService(options: Options) -> IService:
     The service that C{twistd esmtpkit} runs.
     """
     return ESMTPService(
-        options["handlerFactory"], options["ports"], options["settings"]
+        options["handlerFactory"],
+        options["ports"],
+        options["settings"],
+        tls=options["tls"],
+        portal=options["portal"],
     )
