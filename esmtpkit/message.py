@@ -47,6 +47,44 @@ def _normalizeLineEndings(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"").replace(b"\n", b"\r\n")
 
 
+class _Message:
+    """
+    The state of the message being received (one per DATA, or per series of
+    BDAT chunks).
+    """
+
+    __slots__ = (
+        "chunking",
+        "inHeaders",
+        "headerParser",
+        "rawHeaders",
+        "headerBuffer",
+        "size",
+        "failure",
+        "bodyQueue",
+        "bodyPos",
+        "endOfDataSeen",
+        "lineStartCRLF",
+        "heldCR",
+        "scanner",
+    )
+
+    def __init__(self, chunking: bool) -> None:
+        self.chunking = chunking
+        self.inHeaders = True
+        self.headerParser = HeaderParser()
+        self.rawHeaders = bytearray()
+        self.headerBuffer = b""
+        self.size = 0
+        self.failure: Reply | None = None
+        self.bodyQueue = b""
+        self.bodyPos = 0
+        self.endOfDataSeen = False
+        self.lineStartCRLF = True
+        self.heldCR = b""
+        self.scanner = BodyScanner()
+
+
 class MessageReceiver:
     """
     The part of L{ESMTPProtocol <esmtpkit.protocol.ESMTPProtocol>} that
@@ -77,6 +115,22 @@ class MessageReceiver:
     MAX_LENGTH: int
     bareLineEnding: bool
 
+    # Message state, and per-request state, as class defaults so that an idle
+    # connection carries none of it.
+    _msg: _Message | None = None
+    _deadline = 0.0
+    _deadlineCall: IDelayedCall | None = None
+    _chunkRemaining = 0
+    _chunkLast = False
+    _chunkRefusal: Reply | None = None
+    _chunkSize = 0
+
+    @property
+    def _m(self) -> _Message:
+        message = self._msg
+        assert message is not None
+        return message
+
     def _messageDone(self, reply: Reply) -> None:
         raise NotImplementedError
 
@@ -104,36 +158,20 @@ class MessageReceiver:
         """
         Forget any message content state (a new transaction starts).
         """
-        self._inHeaders = True
-        self._headerParser = HeaderParser()
-        self._rawHeaders = bytearray()
-        self._headerBuffer = b""
-        self._messageSize = 0
-        self._failure: Reply | None = None
-        self._bodyQueue = b""
-        self._bodyPos = 0
-        self._endOfDataSeen = False
-        self._lineStartCRLF = True
-        self._chunking = False
-        self._heldCR = b""
-        self._deadlineCall: IDelayedCall | None = None
+        self._msg = None
 
     def _beginMessage(self) -> None:
         """
         DATA was answered with 354: read the header section next.
         """
-        self._resetMessage()
+        self._msg = _Message(chunking=False)
         self._state = HEADERS
         self.MAX_LENGTH = self.settings.maxHeaderSize
         self._startDeadline()
 
     def _endMessage(self) -> None:
         self._stopDeadline()
-        self._failure = None
-        self._rawHeaders = bytearray()
-        self._headerBuffer = b""
-        self._bodyQueue = b""
-        self._chunking = False
+        self._msg = None
         self.MAX_LENGTH = self.settings.maxLineLength
 
     # -- the deadline of a request --------------------------------------------
@@ -200,9 +238,10 @@ class MessageReceiver:
         One line of the header section after DATA (without its line ending,
         dot-stuffing intact).
         """
-        atLineStart = self._lineStartCRLF
+        m = self._m
+        atLineStart = m.lineStartCRLF
         bare = self.bareLineEnding
-        self._lineStartCRLF = not bare
+        m.lineStartCRLF = not bare
         self._extendDeadline(len(line) + 2)
         if atLineStart and line[:1] == b".":
             if line == b"." and not bare:
@@ -223,14 +262,15 @@ class MessageReceiver:
         A line of the header section, already unstuffed (DATA) and
         normalised if need be, and the line ending to keep with it.
         """
-        kind, completed = self._headerParser.line(line)
+        m = self._m
+        kind, completed = m.headerParser.line(line)
         if kind != BODY:
-            self._rawHeaders += line
-            self._rawHeaders += ending
+            m.rawHeaders += line
+            m.rawHeaders += ending
             if not self._countContent(len(line) + len(ending)):
                 self._startBody()
                 return
-            if len(self._rawHeaders) > self.settings.maxHeaderSize:
+            if len(m.rawHeaders) > self.settings.maxHeaderSize:
                 self._failMessage(HEADERS_TOO_BIG)
                 self._startBody()
                 return
@@ -252,7 +292,8 @@ class MessageReceiver:
         self._startBody(atLineStart=False)
 
     def _flushHeader(self) -> None:
-        completed = self._headerParser.finish()
+        m = self._m
+        completed = m.headerParser.finish()
         if completed is not None:
             self._contentHook("HEADER", completed)
 
@@ -261,19 +302,21 @@ class MessageReceiver:
         The header section is over: queue EOH, and for DATA switch to raw
         mode.
         """
-        self._inHeaders = False
-        if not self._chunking:
+        m = self._m
+        m.inHeaders = False
+        if not m.chunking:
             self._state = BODY_STATE
             self.MAX_LENGTH = self.settings.maxLineLength
-            self._scanner = BodyScanner(atLineStart)
+            m.scanner = BodyScanner(atLineStart)
             self.setRawMode()
-        if self._failure is None:
+        if m.failure is None:
             self._hooks.later(self._flushHeader, self._eohStep)
 
     def _eohStep(self) -> None:
+        m = self._m
         transaction = self.session.transaction
         if transaction is not None:
-            transaction.rawHeaders = bytes(self._rawHeaders)
+            transaction.rawHeaders = bytes(m.rawHeaders)
         self._contentHook("EOH", ())
 
     # -- DATA: the body, raw ----------------------------------------------
@@ -282,11 +325,12 @@ class MessageReceiver:
         """
         Raw bytes of a DATA body as they were read.
         """
+        m = self._m
         self._extendDeadline(len(data))
-        pieces, leftover = self._scanner.feed(data)
+        pieces, leftover = m.scanner.feed(data)
         if leftover is not None:
             self._verb = "EOM"
-            self._endOfDataSeen = True
+            m.endOfDataSeen = True
             self.setLineMode(leftover)
         body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         if body and _hasBareLineEnding(body):
@@ -297,10 +341,11 @@ class MessageReceiver:
         self._queueBody(body)
 
     def _queueBody(self, body: bytes) -> None:
-        if self._bodyPos < len(self._bodyQueue):
-            body = self._bodyQueue[self._bodyPos :] + body
-        self._bodyQueue = body
-        self._bodyPos = 0
+        m = self._m
+        if m.bodyPos < len(m.bodyQueue):
+            body = m.bodyQueue[m.bodyPos :] + body
+        m.bodyQueue = body
+        m.bodyPos = 0
         self._hooks.later(self._pumpBody)
 
     def _pumpBody(self) -> None:
@@ -309,19 +354,20 @@ class MessageReceiver:
         step, so a pending BODY stops the pump), then end the message if its
         end was seen.
         """
-        body, start = self._bodyQueue, self._bodyPos
+        m = self._m
+        body, start = m.bodyQueue, m.bodyPos
         if start < len(body):
             size = self.settings.chunkSize
             piece = body[start : start + size] if start or len(body) > size else body
-            self._bodyPos = start + len(piece)
+            m.bodyPos = start + len(piece)
             self._hooks.now(self._pumpBody)
             if self._countContent(len(piece)):
                 self._contentHook("BODY", (piece,))
             return
-        self._bodyQueue = b""
-        self._bodyPos = 0
-        if self._endOfDataSeen:
-            self._endOfDataSeen = False
+        m.bodyQueue = b""
+        m.bodyPos = 0
+        if m.endOfDataSeen:
+            m.endOfDataSeen = False
             self._endOfData()
 
     # -- BDAT ---------------------------------------------------------------
@@ -332,9 +378,8 @@ class MessageReceiver:
         or, with a C{refusal}, bytes to throw away before answering with it.
         Chunk bytes are never read as commands.
         """
-        if not self._chunking and refusal is None:
-            self._resetMessage()
-            self._chunking = True
+        if refusal is None and self._msg is None:
+            self._msg = _Message(chunking=True)
         self._chunkRemaining = size
         self._chunkLast = last
         self._chunkRefusal = refusal
@@ -365,17 +410,18 @@ class MessageReceiver:
             self._chunkEnded()
 
     def _chunkContent(self, data: bytes) -> None:
-        if self._failure is not None:
+        m = self._m
+        if m.failure is not None:
             self._countContent(len(data))
             return
         if self.settings.bareLineEndings == "normalize" and not self._binary():
             data = self._normalizeChunk(data)
-        if not self._inHeaders:
+        if not m.inHeaders:
             self._queueBody(data)
             return
-        buffer = self._headerBuffer + data if self._headerBuffer else data
+        buffer = m.headerBuffer + data if m.headerBuffer else data
         pos = 0
-        while self._inHeaders and self._failure is None:
+        while m.inHeaders and m.failure is None:
             end = buffer.find(b"\n", pos)
             if end < 0:
                 break
@@ -383,26 +429,27 @@ class MessageReceiver:
             self._contentLine(buffer[pos:lineEnd], buffer[lineEnd : end + 1])
             pos = end + 1
         rest = buffer[pos:]
-        if not self._inHeaders:
-            self._headerBuffer = b""
-            if self._failure is None:
+        if not m.inHeaders:
+            m.headerBuffer = b""
+            if m.failure is None:
                 self._queueBody(rest)
             else:
                 self._countContent(len(rest))
         elif len(rest) > self.settings.maxHeaderSize:
-            self._headerBuffer = b""
+            m.headerBuffer = b""
             self._failMessage(HEADERS_TOO_BIG)
-            self._inHeaders = False
+            m.inHeaders = False
         else:
-            self._headerBuffer = rest
+            m.headerBuffer = rest
 
     def _normalizeChunk(self, data: bytes) -> bytes:
+        m = self._m
         # A CR at the end of a chunk may pair with an LF at the start of the
         # next one; hold it back until then.
-        data = self._heldCR + data if self._heldCR else data
-        self._heldCR = b""
+        data = m.heldCR + data if m.heldCR else data
+        m.heldCR = b""
         if data.endswith(b"\r") and not self._chunkLast:
-            self._heldCR = b"\r"
+            m.heldCR = b"\r"
             data = data[:-1]
         if _hasBareLineEnding(data):
             data = _normalizeLineEndings(data)
@@ -436,8 +483,9 @@ class MessageReceiver:
         self._write(reply)
 
     def _chunkAcknowledged(self) -> None:
-        if self._failure is not None:
-            failure = self._failure
+        m = self._m
+        if m.failure is not None:
+            failure = m.failure
             self._endMessage()
             self._messageDone(failure)
             return
@@ -446,11 +494,12 @@ class MessageReceiver:
         )
 
     def _lastChunkStep(self) -> None:
-        if self._inHeaders and self._failure is None:
-            if self._headerBuffer:
-                line, self._headerBuffer = self._headerBuffer, b""
+        m = self._m
+        if m.inHeaders and m.failure is None:
+            if m.headerBuffer:
+                line, m.headerBuffer = m.headerBuffer, b""
                 self._contentLine(line, b"")
-            if self._inHeaders:
+            if m.inHeaders:
                 self._startBody()
         self._hooks.later(self._endOfData)
 
@@ -461,7 +510,8 @@ class MessageReceiver:
         Call HEADER, EOH or BODY unless the message was already refused; a
         failure refuses the message.
         """
-        if self._failure is not None:
+        m = self._m
+        if m.failure is not None:
             return
         if name == "HEADER":
             transaction = self.session.transaction
@@ -479,9 +529,10 @@ class MessageReceiver:
         Refuse the message being received: no more content hooks, ABORT now,
         C{reply} once the client has sent the end of the data.
         """
-        if self._failure is not None:
+        m = self._m
+        if m.failure is not None:
             return
-        self._failure = reply
+        m.failure = reply
         transaction = self.session.transaction
         self.log.info(
             "session {session} message {transaction} refused while receiving: "
@@ -498,20 +549,22 @@ class MessageReceiver:
         Add C{size} bytes to the message size and refuse the message once it
         passes the limit. Returns whether the message is still wanted.
         """
-        self._messageSize += size
+        m = self._m
+        m.size += size
         limit = self.settings.maxMessageSize
-        if limit and self._messageSize > limit:
+        if limit and m.size > limit:
             self._failMessage(TOO_BIG)
-        return self._failure is None
+        return m.failure is None
 
     # -- the end ------------------------------------------------------------
 
     def _endOfData(self) -> None:
+        m = self._m
         transaction = self.session.transaction
         if transaction is not None:
-            transaction.size = self._messageSize
-        if self._failure is not None:
-            failure = self._failure
+            transaction.size = m.size
+        if m.failure is not None:
+            failure = m.failure
             self._endMessage()
             self._messageDone(failure)
             return

@@ -94,7 +94,6 @@ class ESMTPProtocol(
         self._transportPaused = False
         self._debug = settings.logLevel.name == "debug"
         self._verb = "CONNECT"  # the command being answered, for the log
-        self._resetMessage()
 
     # -- connection life cycle --------------------------------------------
 
@@ -582,7 +581,7 @@ class ESMTPProtocol(
         transaction = self.session.transaction
         refusal = _syntax("Syntax: DATA") if arg else self._transactionError()
         if refusal is None and transaction is not None:
-            if self._chunking:
+            if self._msg is not None and self._msg.chunking:
                 refusal = _sequence("DATA not allowed after BDAT")
             elif transaction.mailParams.get("BODY") == "BINARYMIME":
                 refusal = _sequence("BINARYMIME needs BDAT, not DATA")
@@ -613,7 +612,7 @@ class ESMTPProtocol(
         refusal = self._transactionError()
         if not self.settings.chunking or not self.session.esmtp:
             refusal = Reply(502, "CHUNKING not offered", enhanced="5.5.1")
-        if refusal is not None or self._chunking:
+        if refusal is not None or self._msg is not None:
             self._readChunk(size, last, refusal)
             return
 
