@@ -12,10 +12,9 @@ from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import (
-    FilteringLogObserver,
     ILogObserver,
     Logger,
-    LogLevelFilterPredicate,
+    LogLevel,
     globalLogPublisher,
 )
 
@@ -32,6 +31,32 @@ HandlerFactory = Callable[[], Any]
 Anything that, called with no arguments, returns a new
 L{IESMTPHandler <esmtpkit.IESMTPHandler>}: usually the handler class.
 """
+
+
+_LEVELS = list(LogLevel.iterconstants())
+
+
+class LevelLogger(Logger):
+    """
+    A L{Logger} that drops events below a level before building them, so
+    that a quiet server pays next to nothing for the events it does not
+    log.
+    """
+
+    def __init__(self, level: LogLevel, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.level = level
+        self._lowest = _LEVELS.index(level)
+
+    def enabled(self, level: LogLevel) -> bool:
+        """
+        Whether events of C{level} are logged.
+        """
+        return _LEVELS.index(level) >= self._lowest
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
+        if _LEVELS.index(level) >= self._lowest:
+            super().emit(level, format, **kwargs)
 
 
 class ESMTPFactory(ServerFactory):
@@ -90,11 +115,11 @@ class ESMTPFactory(ServerFactory):
 
             clock = reactor
         self.clock: IReactorTime = clock
-        observer = FilteringLogObserver(
-            logObserver if logObserver is not None else globalLogPublisher,
-            [LogLevelFilterPredicate(defaultLogLevel=self.settings.logLevel)],
+        self.log = LevelLogger(
+            self.settings.logLevel,
+            namespace="esmtpkit",
+            observer=logObserver if logObserver is not None else globalLogPublisher,
         )
-        self.log = Logger(namespace="esmtpkit", observer=observer)
         self.connections: set[ESMTPProtocol] = set()
         self.tls = tls
         self.authenticator = Authenticator(portal) if portal is not None else None

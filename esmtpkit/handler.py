@@ -16,6 +16,25 @@ __all__ = ["ESMTPHandler", "VERSION_TEXT"]
 VERSION_TEXT = "esmtpkit"
 
 
+# Replies that never change are made once (Reply caches its wire form).
+_OK = Reply(250, "OK", enhanced="2.0.0")
+_GO_AHEAD = Reply(354, 'Enter mail, end with "." on a line by itself')
+_CANNOT_VRFY = Reply(
+    252, "Cannot VRFY user; try RCPT to attempt delivery", enhanced="2.5.0"
+)
+_NO_EXPN = Reply(502, "Sorry we don't allow this operation", enhanced="5.5.1")
+_HELP = Reply(
+    214,
+    f"This is {VERSION_TEXT}",
+    "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY EXPN "
+    "STARTTLS AUTH",
+    enhanced="2.0.0",
+)
+_BYE = Reply(221, "Closing connection", enhanced="2.0.0")
+_START_TLS = Reply(220, "Ready to start TLS", enhanced="2.0.0")
+_AUTHENTICATED = Reply(235, "Authentication successful", enhanced="2.7.0")
+
+
 @implementer(IESMTPHandler)
 class ESMTPHandler:
     """
@@ -57,7 +76,7 @@ class ESMTPHandler:
         )
 
     def DATA(self) -> HookResult:
-        return Reply(354, 'Enter mail, end with "." on a line by itself')
+        return _GO_AHEAD
 
     def HEADER(self, name: str, value: str) -> HookResult:
         return None
@@ -77,39 +96,32 @@ class ESMTPHandler:
         return None
 
     def RSET(self) -> HookResult:
-        return Reply(250, "OK", enhanced="2.0.0")
+        return _OK
 
     def NOOP(self) -> HookResult:
-        return Reply(250, "OK", enhanced="2.0.0")
+        return _OK
 
     def VRFY(self, address: str) -> HookResult:
-        return Reply(
-            252, "Cannot VRFY user; try RCPT to attempt delivery", enhanced="2.5.0"
-        )
+        return _CANNOT_VRFY
 
     def EXPN(self, address: str) -> HookResult:
-        return Reply(502, "Sorry we don't allow this operation", enhanced="5.5.1")
+        return _NO_EXPN
 
     def HELP(self, topic: str | None) -> HookResult:
-        return Reply(
-            214,
-            f"This is {VERSION_TEXT}",
-            "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN",
-            enhanced="2.0.0",
-        )
+        return _HELP
 
     def QUIT(self) -> HookResult:
-        return Reply(221, "Closing connection", enhanced="2.0.0")
+        return _BYE
 
     def UNKNOWN(self, line: str) -> HookResult:
         shown = "".join(c if c.isprintable() else "?" for c in line[:64])
         return Reply(500, f"Command unrecognized: {shown}", enhanced="5.5.2")
 
     def STARTTLS(self) -> HookResult:
-        return Reply(220, "Ready to start TLS", enhanced="2.0.0")
+        return _START_TLS
 
     def AUTH(self, identity: str) -> HookResult:
-        return Reply(235, "Authentication successful", enhanced="2.7.0")
+        return _AUTHENTICATED
 
     def DISCONNECT(self) -> HookResult:
         return None

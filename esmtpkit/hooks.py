@@ -13,7 +13,6 @@ handler pushes back on the client.
 from __future__ import annotations
 
 import inspect
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +38,7 @@ Done = Callable[[Any], None]
 HOOK_FAILED = Reply(451, "Requested action aborted: local error", enhanced="4.3.0")
 HOOK_TIMEOUT = Reply(451, "Requested action aborted: timed out", enhanced="4.3.0")
 
+_PLAIN_RESULTS = (Reply, tuple)
 _ENHANCED_OK = {"MAIL": "2.1.0", "RCPT": "2.1.5", "VRFY": "2.5.0"}
 
 
@@ -61,6 +61,21 @@ class HookRunner:
     @ivar handler: the handler whose hooks are called.
     @ivar pending: the Deferred of the hook in flight, or L{None}.
     """
+
+    __slots__ = (
+        "handler",
+        "pending",
+        "_sessionId",
+        "_log",
+        "_clock",
+        "_timeout",
+        "_pause",
+        "_resume",
+        "_steps",
+        "_driving",
+        "_paused",
+        "_final",
+    )
 
     def __init__(
         self,
@@ -85,7 +100,8 @@ class HookRunner:
         self._timeout = timeout
         self._pause = pause
         self._resume = resume
-        self._steps: deque[Step] = deque()
+        # A short list: steps are few, and an idle connection keeps it small.
+        self._steps: list[Step] = []
         self._driving = False
         self._paused = False
         self._final: tuple[Step, ...] | None = None
@@ -94,7 +110,7 @@ class HookRunner:
         """
         Run C{steps} next, before anything already queued.
         """
-        self._steps.extendleft(reversed(steps))
+        self._steps[0:0] = steps
 
     def later(self, *steps: Step) -> None:
         """
@@ -129,8 +145,9 @@ class HookRunner:
             return
         self._driving = True
         try:
-            while self._steps and self.pending is None:
-                self._steps.popleft()()
+            steps = self._steps
+            while steps and self.pending is None:
+                steps.pop(0)()
         finally:
             self._driving = False
         if self.pending is None and self._paused:
@@ -149,7 +166,11 @@ class HookRunner:
         except Exception:
             done(Failure())
             return
-        if not isinstance(result, Deferred) and not inspect.iscoroutine(result):
+        if (
+            result is None
+            or type(result) in _PLAIN_RESULTS
+            or not (isinstance(result, Deferred) or inspect.iscoroutine(result))
+        ):
             done(result)
             return
         deferred: Deferred[Any] = ensureDeferred(result)

@@ -16,9 +16,11 @@ for message content.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.protocol import connectionDone
+from twisted.logger import LogLevel
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
@@ -53,6 +55,19 @@ _NO_SERVICE = Reply(503, "Error: no service on this connection", enhanced="5.5.1
 _LINE_TOO_LONG = Reply(500, "Line too long", enhanced="5.5.6")
 _BARE_LF = Reply(500, "Bare LF in command; lines must end with CRLF", enhanced="5.5.2")
 _BARE_CR = Reply(500, "Bare CR in command", enhanced="5.5.2")
+
+
+def _verbTable(cls: type) -> dict[str, Callable[[Any, str], None]]:
+    """
+    The C{do_VERB} methods of a protocol class, by verb (made once a class).
+    """
+    table: dict[str, Callable[[Any, str], None]] | None = cls.__dict__.get("_verbs")
+    if table is None:
+        table = {
+            name[3:]: getattr(cls, name) for name in dir(cls) if name.startswith("do_")
+        }
+        cls._verbs = table  # type: ignore[attr-defined]
+    return table
 
 
 def _syntax(text: str) -> Reply:
@@ -92,7 +107,7 @@ class ESMTPProtocol(
         self._pausedAt = 0.0
         self._pauseReasons: set[str] = set()
         self._transportPaused = False
-        self._debug = settings.logLevel.name == "debug"
+        self._debug = factory.log.enabled(LogLevel.debug)
         self._verb = "CONNECT"  # the command being answered, for the log
 
     # -- connection life cycle --------------------------------------------
@@ -404,14 +419,14 @@ class ESMTPProtocol(
         if self._state == REFUSED and verb != "QUIT":
             self._write(_NO_SERVICE)
             return
-        method = getattr(self, "do_" + verb, None) if verb else None
+        method = _verbTable(type(self)).get(verb)
         if method is None:
             text = line.decode("utf-8", "surrogateescape")
             self._hooks.now(
                 lambda: self._hooks.callReply("UNKNOWN", (text,), self._write)
             )
         else:
-            method(arg)
+            method(self, arg)
 
     def _mayPipeline(self, verb: str) -> bool:
         """

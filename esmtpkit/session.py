@@ -8,6 +8,8 @@ L{Session.data} and L{Transaction.data}.
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +34,18 @@ class Params(dict[str, "str | None"]):
     unknown: frozenset[str] = frozenset()
 
 
+_idPrefix = ("", 0)
+_idCounter = itertools.count(1)
+
+
 def _newId() -> str:
-    return secrets.token_hex(6).upper()
+    # Unique across processes (a random prefix per process, renewed after a
+    # fork) and cheap: no system randomness per connection.
+    global _idPrefix
+    prefix, pid = _idPrefix
+    if pid != os.getpid():
+        prefix, pid = _idPrefix = (secrets.token_hex(3).upper(), os.getpid())
+    return f"{prefix}{next(_idCounter):06X}"
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,7 @@ class TLSInfo:
     peerCertificate: Any = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Transaction:
     """
     One mail transaction: from an accepted MAIL to the end of the message,
@@ -97,7 +109,7 @@ class Transaction:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class Session:
     """
     The state of one SMTP connection.
