@@ -35,11 +35,15 @@ def isASCII(text: str) -> bool:
 
 
 def _octets(text: str) -> int:
+    if text.isascii():
+        return len(text)
     return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _hasSurrogates(text: str) -> bool:
     # Bytes that were not UTF-8 arrive as lone surrogates (surrogateescape).
+    if text.isascii():
+        return False
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -88,6 +88,8 @@ def parsePath(arg: str, keyword: str, missing: Reply) -> tuple[str, str]:
 
 
 def _closingBracket(text: str) -> int:
+    if '"' not in text:
+        return text.find(">")
     inQuotes = escaped = False
     for index in range(1, len(text)):
         char = text[index]
