@@ -275,7 +275,7 @@ class MessageReceiver:
                 self._startBody()
                 return
         if completed is not None:
-            self._hooks.now(lambda: self._contentHook("HEADER", completed))
+            self._hooks.later(lambda: self._contentHook("HEADER", completed))
         if kind == END:
             self._startBody()
         elif kind == BODY:
@@ -297,17 +297,23 @@ class MessageReceiver:
         if completed is not None:
             self._contentHook("HEADER", completed)
 
-    def _startBody(self, atLineStart: bool = True) -> None:
+    def _startBody(self, atLineStart: bool | None = None) -> None:
         """
         The header section is over: queue EOH, and for DATA switch to raw
         mode.
+
+        @param atLineStart: whether the body starts right after a CRLF,
+            where a dot may end the data; by default, whether the last line
+            read ended with CRLF (a bare LF, even normalised, never makes a
+            line start: only <CR><LF>.<CR><LF> ends DATA).
         """
         m = self._m
         m.inHeaders = False
         if not m.chunking:
             self._state = BODY_STATE
             self.MAX_LENGTH = self.settings.maxLineLength
-            m.scanner = BodyScanner(atLineStart)
+            start = m.lineStartCRLF if atLineStart is None else atLineStart
+            m.scanner = BodyScanner(start)
             self.setRawMode()
         if m.failure is None:
             self._hooks.later(self._flushHeader, self._eohStep)

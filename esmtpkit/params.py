@@ -51,6 +51,7 @@ def checkMailParams(
     esmtp: bool,
     tls: bool = False,
     auth: bool = False,
+    authenticated: bool = False,
 ) -> Params:
     """
     Check the MAIL parameters esmtpkit knows and mark the others as unknown.
@@ -59,10 +60,19 @@ def checkMailParams(
         allowed at all).
     @param tls: the connection is encrypted (REQUIRETLS is allowed).
     @param auth: AUTH is offered on this connection (AUTH= is known).
+    @param authenticated: the client has authenticated; if not, AUTH= is
+        taken as C{<>} (RFC 4954 section 5).
     @raise ReplyError: a known parameter is wrong.
     """
     _requireEhlo(params, esmtp)
-    known = {"SIZE", "BODY", "SMTPUTF8", "REQUIRETLS"}
+    # Parameters of extensions that are not offered are left unknown.
+    known = {"REQUIRETLS"}
+    if settings.size:
+        known.add("SIZE")
+    if settings.eightBitMIME or (settings.binaryMIME and settings.chunking):
+        known.add("BODY")
+    if settings.smtputf8:
+        known.add("SMTPUTF8")
     if "REQUIRETLS" in params:
         if params["REQUIRETLS"] is not None:
             raise _bad("REQUIRETLS")
@@ -75,16 +85,17 @@ def checkMailParams(
     if auth:
         known.add("AUTH")
         if "AUTH" in params:
-            params["AUTH"] = _authParam(params["AUTH"])
-    if "SIZE" in params:
+            mailbox = _authParam(params["AUTH"])
+            params["AUTH"] = mailbox if authenticated else "<>"
+    if "SIZE" in known and "SIZE" in params:
         size = params["SIZE"]
         if size is None or not size.isdigit() or len(size) > 20:
             raise _bad("SIZE")
         if settings.maxMessageSize and int(size) > settings.maxMessageSize:
             raise ReplyError(TOO_BIG)
-    if "BODY" in params:
+    if "BODY" in known and "BODY" in params:
         body = (params["BODY"] or "").upper()
-        allowed = {"7BIT", "8BITMIME"}
+        allowed = {"7BIT", "8BITMIME"} if settings.eightBitMIME else {"7BIT"}
         if settings.binaryMIME and settings.chunking:
             allowed.add("BINARYMIME")
         if body not in allowed:
@@ -92,9 +103,7 @@ def checkMailParams(
                 Reply(555, f"Unsupported BODY type {body}", enhanced="5.5.4")
             )
         params["BODY"] = body
-    if "SMTPUTF8" in params and (
-        params["SMTPUTF8"] is not None or not settings.smtputf8
-    ):
+    if "SMTPUTF8" in known and "SMTPUTF8" in params and params["SMTPUTF8"] is not None:
         raise _bad("SMTPUTF8")
     if settings.dsn:
         known |= {"RET", "ENVID"}

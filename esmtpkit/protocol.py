@@ -51,6 +51,12 @@ SKIPLINE = "skipline"  # raw mode: discarding the rest of an over-long line
 # (RFC 2920 section 3.1; BDAT is followed by its chunk, QUIT by nothing).
 _MUST_WAIT = frozenset({"HELO", "EHLO", "DATA", "STARTTLS", "AUTH"})
 
+HELD_INPUT = 65536
+"""
+Unprocessed input held while paused, in bytes, beyond which the transport
+stops reading.
+"""
+
 _NO_SERVICE = Reply(503, "Error: no service on this connection", enhanced="5.5.1")
 _LINE_TOO_LONG = Reply(500, "Line too long", enhanced="5.5.6")
 _BARE_LF = Reply(500, "Bare LF in command; lines must end with CRLF", enhanced="5.5.2")
@@ -128,7 +134,7 @@ class ESMTPProtocol(
                 session=session.id,
                 reason=refusal.text,
             )
-            self._write(refusal, enhanced=False)
+            self._write(refusal)
             return
         try:
             handler = self.factory.handlerFactory()
@@ -144,7 +150,6 @@ class ESMTPProtocol(
                 Reply(
                     421, f"{session.hostname} Service not available", enhanced="4.3.0"
                 ),
-                enhanced=False,
             )
             return
         self.handler = handler
@@ -160,6 +165,9 @@ class ESMTPProtocol(
         )
         self.setTimeout(self.settings.idleTimeout)
         if self.settings.greetingDelay:
+            # Hold any input until the greeting is out (dataReceived still
+            # sees it arrive, to catch early talkers).
+            self._pauseInput("greeting", stopTransport=False)
             self._greetingCall = self.factory.clock.callLater(
                 self.settings.greetingDelay, self._greet
             )
@@ -170,6 +178,8 @@ class ESMTPProtocol(
         self._greetingCall = None
         self._hooks.now(lambda: self._hooks.callReply("CONNECT", (), self._greeted))
         self._hooks.drive()
+        if "greeting" in self._pauseReasons:
+            self._resumeInput("greeting")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)
@@ -233,10 +243,12 @@ class ESMTPProtocol(
 
     def pauseProducing(self) -> None:
         """
-        The transport's write buffer is full: read nothing more until the
-        client has taken its replies.
+        The transport's write buffer is full: process nothing more until the
+        client has taken its replies. The transport itself keeps reading
+        (a TLS layer waiting for its handshake pauses us this way too) until
+        more than L{HELD_INPUT} bytes wait unprocessed.
         """
-        self._pauseInput("output")
+        self._pauseInput("output", stopTransport=False)
 
     def resumeProducing(self) -> None:
         self._resumeInput("output")
@@ -286,6 +298,10 @@ class ESMTPProtocol(
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        if self.paused and data and not self._transportPaused:
+            if len(self._buffer) + len(data) > HELD_INPUT:
+                self._transportPaused = True
+                self.transport.pauseProducing()
         if data:
             if self._state == GREETING and self.settings.enforceSync:
                 self._violation("client talked before the greeting")
@@ -339,6 +355,10 @@ class ESMTPProtocol(
     # -- replies ----------------------------------------------------------
 
     def _write(self, reply: Reply, enhanced: bool = True) -> None:
+        if self._closing:
+            # Closed for a reason already said (QUIT, 421, 554): nothing a
+            # hook answers later may follow it.
+            return
         self.transport.write(
             reply.toBytes(enhanced and self.settings.enhancedStatusCodes)
         )
@@ -545,9 +565,11 @@ class ESMTPProtocol(
             self.session.esmtp,
             tls=self.tlsActive(),
             auth=self._authOffered(),
+            authenticated=self.session.authenticated is not None,
         )
         if sender:
-            checkMailbox(sender, "SMTPUTF8" in params, sender=True)
+            utf8 = self.settings.smtputf8 and "SMTPUTF8" in params
+            checkMailbox(sender, utf8, sender=True)
         return sender, params
 
     def do_RCPT(self, arg: str) -> None:
@@ -559,7 +581,7 @@ class ESMTPProtocol(
             recipient, text = parsePath(
                 arg, "TO", _syntax("RCPT requires forward-path")
             )
-            utf8 = "SMTPUTF8" in transaction.mailParams
+            utf8 = self.settings.smtputf8 and "SMTPUTF8" in transaction.mailParams
             params = checkRcptParams(
                 parseParams(text, utf8=utf8), self.settings, self.session.esmtp, utf8
             )

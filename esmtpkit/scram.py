@@ -166,6 +166,7 @@ class ScramFileChecker:
         """
         self.path = path
         self._users = self._read()
+        self._dummy = makeVerifier(os.urandom(16).hex())
 
     def _read(self) -> dict[str, ScramVerifier]:
         users: dict[str, ScramVerifier] = {}
@@ -203,7 +204,10 @@ class ScramFileChecker:
         else:
             username = _text(credentials.username)
             verifier = self._users.get(username)
-            ok = verifier is not None and verifier.matches(_text(credentials.password))
+            # An unknown user costs the same work as a known one, so that
+            # timing does not tell them apart.
+            matches = (verifier or self._dummy).matches(_text(credentials.password))
+            ok = verifier is not None and matches
         if ok:
             return succeed(username.encode("utf-8"))
         return fail(UnauthorizedLogin())
@@ -283,8 +287,15 @@ class ScramServerExchange:
         def gotVerifier(verifier: ScramVerifier | None) -> bytes:
             self._known = verifier is not None
             if verifier is None:
-                fakeSalt = _hmac(self._secret, self.username.encode("utf-8"))[:16]
-                verifier = makeVerifier(os.urandom(16).hex(), fakeSalt)
+                # A stable made-up verifier, derived without PBKDF2 (which
+                # the server did not run for a known user either).
+                seed = _hmac(self._secret, self.username.encode("utf-8"))
+                verifier = ScramVerifier(
+                    salt=seed[:16],
+                    iterations=DEFAULT_ITERATIONS,
+                    storedKey=_hmac(seed, b"stored"),
+                    serverKey=_hmac(seed, b"server"),
+                )
             self._verifier = verifier
             self._serverFirst = (
                 f"r={self._nonce},s={base64.b64encode(verifier.salt).decode('ascii')}"

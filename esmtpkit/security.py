@@ -144,7 +144,6 @@ class SecureCommands:
         session.heloName = None
         session.esmtp = False
         session.authenticated = None
-        self._authFailures = 0
         self.transport.startTLS(self.factory.tls)
 
     def handshakeCompleted(self) -> None:

@@ -35,9 +35,9 @@ def _size(text: str) -> int:
     A byte count: a whole number, optionally with K, M or G (binary units).
     """
     units = {"K": 1024, "M": 1024**2, "G": 1024**3}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    factor = units.get(text[-1:], 1)
-    number = text[:-1] if factor != 1 else text
+    normal = text.strip().upper().removesuffix("B").removesuffix("I")
+    factor = units.get(normal[-1:], 1)
+    number = normal[:-1] if factor != 1 else normal
     if not number.isdigit():
         raise ValueError(f"{text!r} is not a size such as 65536 or 64K")
     return int(number) * factor
@@ -348,8 +348,6 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             return
         try:
             super().opt_auth(description)
-        except usage.UsageError:
-            raise
         except Exception as e:
             raise usage.UsageError(f"--auth {description}: {e}") from None
         checker = self["credCheckers"][-1]

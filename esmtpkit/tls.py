@@ -8,6 +8,7 @@ serves STARTTLS (RFC 3207) and implicit TLS listeners (RFC 8314).
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 from OpenSSL import SSL, crypto
@@ -99,7 +100,13 @@ class ServerTLS:
             requireCertificate=False,
         )
         try:
-            context: SSL.Context = options.getContext()
+            with warnings.catch_warnings():
+                # CertificateOptions hands pyOpenSSL objects to pyOpenSSL,
+                # which newer releases deprecate; nothing for us to change.
+                warnings.filterwarnings(
+                    "ignore", "Passing pyOpenSSL", DeprecationWarning
+                )
+                context: SSL.Context = options.getContext()
             context.check_privatekey()
         except SSL.Error:
             raise TLSConfigurationError(

@@ -73,13 +73,15 @@ class InterfaceTests(SynchronousTestCase):
 
     def test_everyHookDeclared(self) -> None:
         """
-        The interface declares all nineteen hooks and the two attributes.
+        The interface declares all twenty-one hooks (the seventeen of the
+        seed, ABORT and DISCONNECT, and STARTTLS and AUTH for issue 5) and
+        the two attributes.
         """
         names = set(IESMTPHandler.names())
         hooks = {
             "CONNECT", "HELO", "EHLO", "MAIL", "RCPT", "DATA", "HEADER", "EOH",
             "BODY", "EOM", "RSET", "NOOP", "VRFY", "EXPN", "HELP", "QUIT",
-            "UNKNOWN", "ABORT", "DISCONNECT",
+            "UNKNOWN", "ABORT", "DISCONNECT", "STARTTLS", "AUTH",
         }  # fmt: skip
         self.assertEqual(names, hooks | {"session", "disconnect"})
 
