@@ -5,6 +5,7 @@ of RFC 6531) and their length limits (section 4.5.3.1).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -89,6 +90,7 @@ def _isValidLiteral(literal: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=4096)
 def isValidMailbox(address: str, utf8: bool = False) -> bool:
     """
     Whether C{address} is a valid RFC 5321 C{Mailbox} within the length

@@ -63,16 +63,17 @@ class ESMTPHandler:
         Accept the sender; refuse parameters esmtpkit does not know (a
         handler that understands more overrides this).
         """
-        return _unknownParameter(params) or Reply(
-            250, f"<{sender}>, sender ok", enhanced="2.1.0"
+        # The address was validated (printable): no need to check the text.
+        return _unknownParameter(params) or Reply._checked(
+            250, f"<{sender}>, sender ok", "2.1.0"
         )
 
     def RCPT(self, recipient: str, params: Params) -> HookResult:
         """
         Accept the recipient; refuse parameters esmtpkit does not know.
         """
-        return _unknownParameter(params) or Reply(
-            250, f"<{recipient}>, recipient ok", enhanced="2.1.5"
+        return _unknownParameter(params) or Reply._checked(
+            250, f"<{recipient}>, recipient ok", "2.1.5"
         )
 
     def DATA(self) -> HookResult:
@@ -90,7 +91,7 @@ class ESMTPHandler:
     def EOM(self) -> HookResult:
         transaction = self.session.transaction
         queued = f" as {transaction.id}" if transaction is not None else ""
-        return Reply(250, f"Message accepted for delivery{queued}", enhanced="2.0.0")
+        return Reply._checked(250, f"Message accepted for delivery{queued}", "2.0.0")
 
     def ABORT(self) -> HookResult:
         return None
@@ -139,6 +140,27 @@ def _hello(session: Session, domain: str) -> str:
     peer = session.peerHost
     where = f" [{peer}]" if peer else ""
     return f"{session.hostname} Hello {domain}{where}, pleased to meet you"
+
+
+_skipped: dict[type, frozenset[str]] = {}
+
+
+def skippableHooks(cls: type) -> frozenset[str]:
+    """
+    The content hooks (HEADER, EOH, BODY) that handler class C{cls} takes
+    unchanged from L{ESMTPHandler}, which do nothing: esmtpkit need not call
+    them.
+    """
+    names = _skipped.get(cls)
+    if names is None:
+        names = frozenset(
+            name
+            for name in ("HEADER", "EOH", "BODY")
+            if getattr(cls, name, None) is getattr(ESMTPHandler, name)
+        )
+        if len(_skipped) < 1000:
+            _skipped[cls] = names
+    return names
 
 
 def defaultReply(hook: str, handler: object, args: tuple[object, ...]) -> Reply:

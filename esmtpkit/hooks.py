@@ -141,10 +141,31 @@ class HookRunner:
         Run queued steps until the queue is empty or a hook is pending; then
         resume input if a pending hook had paused it.
         """
-        if self._driving:
+        if self._driving or not (self._steps or self._paused):
             return
         self._driving = True
         try:
+            steps = self._steps
+            while steps and self.pending is None:
+                steps.pop(0)()
+        finally:
+            self._driving = False
+        if self.pending is None and self._paused:
+            self._paused = False
+            self._resume()
+
+    def run(self, step: Callable[..., None], *args: Any) -> None:
+        """
+        Run C{step(*args)} now, then whatever it queued; when other steps
+        are queued or a hook is pending, queue it first in line instead.
+        """
+        if self._driving or self._steps or self.pending is not None:
+            self._steps.insert(0, lambda: step(*args))
+            self.drive()
+            return
+        self._driving = True
+        try:
+            step(*args)
             steps = self._steps
             while steps and self.pending is None:
                 steps.pop(0)()

@@ -42,13 +42,7 @@ class PushbackLineReceiver(LineReceiver):
     bareLineEnding = False
     moreInput = False
     _pushedBack = b""
-
-    def stopReading(self) -> bool:
-        """
-        Whether the loop must stop before the next line or chunk (the
-        connection is closing).
-        """
-        return bool(self.transport is None or self.transport.disconnecting)
+    _closing = False  # set once the connection is being closed: read no more
 
     def dataReceived(self, data: bytes) -> None:
         if self._busyReceiving:
@@ -59,7 +53,7 @@ class PushbackLineReceiver(LineReceiver):
             buf = self._buffer + data if self._buffer else data
             self._buffer = b""
             pos = 0
-            while pos < len(buf) and not self.paused and not self.stopReading():
+            while pos < len(buf) and not self.paused and not self._closing:
                 if self.line_mode:
                     end = buf.find(b"\n", pos)
                     if end < 0 or end - pos > self.MAX_LENGTH + 1:

@@ -124,12 +124,7 @@ class MessageReceiver:
     _chunkLast = False
     _chunkRefusal: Reply | None = None
     _chunkSize = 0
-
-    @property
-    def _m(self) -> _Message:
-        message = self._msg
-        assert message is not None
-        return message
+    _skipHooks: frozenset[str] = frozenset()  # set by the protocol
 
     def _messageDone(self, reply: Reply) -> None:
         raise NotImplementedError
@@ -238,7 +233,8 @@ class MessageReceiver:
         One line of the header section after DATA (without its line ending,
         dot-stuffing intact).
         """
-        m = self._m
+        m = self._msg
+        assert m is not None
         atLineStart = m.lineStartCRLF
         bare = self.bareLineEnding
         m.lineStartCRLF = not bare
@@ -262,7 +258,8 @@ class MessageReceiver:
         A line of the header section, already unstuffed (DATA) and
         normalised if need be, and the line ending to keep with it.
         """
-        m = self._m
+        m = self._msg
+        assert m is not None
         kind, completed = m.headerParser.line(line)
         if kind != BODY:
             m.rawHeaders += line
@@ -275,7 +272,11 @@ class MessageReceiver:
                 self._startBody()
                 return
         if completed is not None:
-            self._hooks.later(lambda: self._contentHook("HEADER", completed))
+            if "HEADER" in self._skipHooks:
+                if m.failure is None:
+                    self._recordHeader(completed)
+            else:
+                self._hooks.later(lambda: self._contentHook("HEADER", completed))
         if kind == END:
             self._startBody()
         elif kind == BODY:
@@ -292,7 +293,8 @@ class MessageReceiver:
         self._startBody(atLineStart=False)
 
     def _flushHeader(self) -> None:
-        m = self._m
+        m = self._msg
+        assert m is not None
         completed = m.headerParser.finish()
         if completed is not None:
             self._contentHook("HEADER", completed)
@@ -307,7 +309,8 @@ class MessageReceiver:
             read ended with CRLF (a bare LF, even normalised, never makes a
             line start: only <CR><LF>.<CR><LF> ends DATA).
         """
-        m = self._m
+        m = self._msg
+        assert m is not None
         m.inHeaders = False
         if not m.chunking:
             self._state = BODY_STATE
@@ -319,7 +322,8 @@ class MessageReceiver:
             self._hooks.later(self._flushHeader, self._eohStep)
 
     def _eohStep(self) -> None:
-        m = self._m
+        m = self._msg
+        assert m is not None
         transaction = self.session.transaction
         if transaction is not None:
             transaction.rawHeaders = bytes(m.rawHeaders)
@@ -331,7 +335,8 @@ class MessageReceiver:
         """
         Raw bytes of a DATA body as they were read.
         """
-        m = self._m
+        m = self._msg
+        assert m is not None
         self._extendDeadline(len(data))
         pieces, leftover = m.scanner.feed(data)
         if leftover is not None:
@@ -347,7 +352,8 @@ class MessageReceiver:
         self._queueBody(body)
 
     def _queueBody(self, body: bytes) -> None:
-        m = self._m
+        m = self._msg
+        assert m is not None
         if m.bodyPos < len(m.bodyQueue):
             body = m.bodyQueue[m.bodyPos :] + body
         m.bodyQueue = body
@@ -360,7 +366,8 @@ class MessageReceiver:
         step, so a pending BODY stops the pump), then end the message if its
         end was seen.
         """
-        m = self._m
+        m = self._msg
+        assert m is not None
         body, start = m.bodyQueue, m.bodyPos
         if start < len(body):
             size = self.settings.chunkSize
@@ -416,7 +423,8 @@ class MessageReceiver:
             self._chunkEnded()
 
     def _chunkContent(self, data: bytes) -> None:
-        m = self._m
+        m = self._msg
+        assert m is not None
         if m.failure is not None:
             self._countContent(len(data))
             return
@@ -449,7 +457,8 @@ class MessageReceiver:
             m.headerBuffer = rest
 
     def _normalizeChunk(self, data: bytes) -> bytes:
-        m = self._m
+        m = self._msg
+        assert m is not None
         # A CR at the end of a chunk may pair with an LF at the start of the
         # next one; hold it back until then.
         data = m.heldCR + data if m.heldCR else data
@@ -489,7 +498,8 @@ class MessageReceiver:
         self._write(reply)
 
     def _chunkAcknowledged(self) -> None:
-        m = self._m
+        m = self._msg
+        assert m is not None
         if m.failure is not None:
             failure = m.failure
             self._endMessage()
@@ -500,7 +510,8 @@ class MessageReceiver:
         )
 
     def _lastChunkStep(self) -> None:
-        m = self._m
+        m = self._msg
+        assert m is not None
         if m.inHeaders and m.failure is None:
             if m.headerBuffer:
                 line, m.headerBuffer = m.headerBuffer, b""
@@ -516,13 +527,14 @@ class MessageReceiver:
         Call HEADER, EOH or BODY unless the message was already refused; a
         failure refuses the message.
         """
-        m = self._m
+        m = self._msg
+        assert m is not None
         if m.failure is not None:
             return
         if name == "HEADER":
-            transaction = self.session.transaction
-            if transaction is not None:
-                transaction.headers.append((args[0], args[1]))
+            self._recordHeader(args)
+        if name in self._skipHooks:
+            return
 
         def done(value: Any) -> None:
             if isinstance(value, Failure):
@@ -530,12 +542,18 @@ class MessageReceiver:
 
         self._hooks.invoke(name, args, done)
 
+    def _recordHeader(self, header: tuple[str, str]) -> None:
+        transaction = self.session.transaction
+        if transaction is not None:
+            transaction.headers.append(header)
+
     def _failMessage(self, reply: Reply) -> None:
         """
         Refuse the message being received: no more content hooks, ABORT now,
         C{reply} once the client has sent the end of the data.
         """
-        m = self._m
+        m = self._msg
+        assert m is not None
         if m.failure is not None:
             return
         m.failure = reply
@@ -555,7 +573,8 @@ class MessageReceiver:
         Add C{size} bytes to the message size and refuse the message once it
         passes the limit. Returns whether the message is still wanted.
         """
-        m = self._m
+        m = self._msg
+        assert m is not None
         m.size += size
         limit = self.settings.maxMessageSize
         if limit and m.size > limit:
@@ -565,7 +584,8 @@ class MessageReceiver:
     # -- the end ------------------------------------------------------------
 
     def _endOfData(self) -> None:
-        m = self._m
+        m = self._msg
+        assert m is not None
         transaction = self.session.transaction
         if transaction is not None:
             transaction.size = m.size

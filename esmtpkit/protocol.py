@@ -25,6 +25,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from .command import checkMailbox, parseParams, parsePath, splitCommand
+from .handler import skippableHooks
 from .hooks import HookRunner
 from .interfaces import IESMTPHandler
 from .lines import PushbackLineReceiver
@@ -153,6 +154,7 @@ class ESMTPProtocol(
             )
             return
         self.handler = handler
+        self._skipHooks = skippableHooks(type(handler))
         self.transport.registerProducer(self, True)
         self._hooks = HookRunner(
             handler,
@@ -176,7 +178,7 @@ class ESMTPProtocol(
 
     def _greet(self) -> None:
         self._greetingCall = None
-        self._hooks.now(lambda: self._hooks.callReply("CONNECT", (), self._greeted))
+        self._hooks.run(self._hooks.callReply, "CONNECT", (), self._greeted)
         self._hooks.drive()
         if "greeting" in self._pauseReasons:
             self._resumeInput("greeting")
@@ -291,9 +293,6 @@ class ESMTPProtocol(
         self._close()
 
     # -- input ------------------------------------------------------------
-
-    def stopReading(self) -> bool:
-        return self._closing or super().stopReading()
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -442,9 +441,7 @@ class ESMTPProtocol(
         method = _verbTable(type(self)).get(verb)
         if method is None:
             text = line.decode("utf-8", "surrogateescape")
-            self._hooks.now(
-                lambda: self._hooks.callReply("UNKNOWN", (text,), self._write)
-            )
+            self._hooks.run(self._hooks.callReply, "UNKNOWN", (text,), self._write)
         else:
             method(self, arg)
 
@@ -553,9 +550,7 @@ class ESMTPProtocol(
                 session.transaction = None
             self._write(reply)
 
-        self._hooks.now(
-            lambda: self._hooks.callReply("MAIL", (sender, params), answered)
-        )
+        self._hooks.run(self._hooks.callReply, "MAIL", (sender, params), answered)
 
     def _mailArguments(self, arg: str) -> tuple[str, Params]:
         sender, text = parsePath(arg, "FROM", _syntax("MAIL requires return-path"))
@@ -599,9 +594,7 @@ class ESMTPProtocol(
                 transaction.recipients.append(Recipient(recipient, params))
             self._write(reply)
 
-        self._hooks.now(
-            lambda: self._hooks.callReply("RCPT", (recipient, params), answered)
-        )
+        self._hooks.run(self._hooks.callReply, "RCPT", (recipient, params), answered)
 
     def _transactionError(self) -> Reply | None:
         """
@@ -625,7 +618,7 @@ class ESMTPProtocol(
         if refusal is not None:
             self._write(refusal)
             return
-        self._hooks.now(lambda: self._hooks.callReply("DATA", (), self._dataAnswered))
+        self._hooks.run(self._hooks.callReply, "DATA", (), self._dataAnswered)
 
     def _dataAnswered(self, reply: Reply) -> None:
         if reply.code // 100 == 3:
@@ -661,7 +654,7 @@ class ESMTPProtocol(
         self._verb = "DATA"
         self.setRawMode()
         self._state = CHUNK
-        self._hooks.now(lambda: self._hooks.callReply("DATA", (), answered))
+        self._hooks.run(self._hooks.callReply, "DATA", (), answered)
 
     def do_RSET(self, arg: str) -> None:
         if arg:
@@ -672,7 +665,7 @@ class ESMTPProtocol(
         )
 
     def do_NOOP(self, arg: str) -> None:
-        self._hooks.now(lambda: self._hooks.callReply("NOOP", (), self._write))
+        self._hooks.run(self._hooks.callReply, "NOOP", (), self._write)
 
     def do_VRFY(self, arg: str) -> None:
         self._addressQuery("VRFY", arg)
@@ -684,11 +677,11 @@ class ESMTPProtocol(
         if not arg:
             self._write(_syntax(f"{verb} requires an address"))
             return
-        self._hooks.now(lambda: self._hooks.callReply(verb, (arg,), self._write))
+        self._hooks.run(self._hooks.callReply, verb, (arg,), self._write)
 
     def do_HELP(self, arg: str) -> None:
         topic = arg or None
-        self._hooks.now(lambda: self._hooks.callReply("HELP", (topic,), self._write))
+        self._hooks.run(self._hooks.callReply, "HELP", (topic,), self._write)
 
     def do_QUIT(self, arg: str) -> None:
         if arg:

@@ -81,6 +81,19 @@ class Reply:
         self.enhanced = enhanced
         self._wire: tuple[bytes | None, bytes | None] = (None, None)
 
+    @classmethod
+    def _checked(cls, code: int, line: str, enhanced: str | None) -> Reply:
+        """
+        A one-line reply from parts esmtpkit has already checked (a valid
+        code and enhanced code, printable text): skips the checks.
+        """
+        reply = cls.__new__(cls)
+        reply.code = code
+        reply.lines = (line,)
+        reply.enhanced = enhanced
+        reply._wire = (None, None)
+        return reply
+
     @property
     def text(self) -> str:
         """

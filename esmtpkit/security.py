@@ -136,7 +136,7 @@ class SecureCommands:
             self._write(reply)
             self._startTLS()
 
-        self._hooks.now(lambda: self._hooks.callReply("STARTTLS", (), answered))
+        self._hooks.run(self._hooks.callReply, "STARTTLS", (), answered)
 
     def _startTLS(self) -> None:
         self.log.info("session {session} starting TLS", session=self.session.id)
