@@ -273,6 +273,12 @@ class AsyncRecordingHandler:
     async def UNKNOWN(self, line: str) -> Any:
         return await self._hook("UNKNOWN", (line,))
 
+    async def STARTTLS(self) -> Any:
+        return await self._hook("STARTTLS", ())
+
+    async def AUTH(self, identity: str) -> Any:
+        return await self._hook("AUTH", (identity,))
+
     async def DISCONNECT(self) -> Any:
         return await self._hook("DISCONNECT", ())
 

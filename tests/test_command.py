@@ -326,7 +326,10 @@ class CheckMailboxTests(SynchronousTestCase):
         )
         self.assertEqual(mail.unknown, {"X-Y", "Z"})
         rcpt = checkRcptParams(
-            parseParams("NOTIFY=NEVER ORCPT=rfc822;a@b.c X-Y=1"), Settings(), True, False
+            parseParams("NOTIFY=NEVER ORCPT=rfc822;a@b.c X-Y=1"),
+            Settings(),
+            True,
+            False,
         )
         self.assertEqual(rcpt.unknown, {"X-Y"})
         noDSN = checkMailParams(parseParams("RET=FULL"), Settings(dsn=False), True)
