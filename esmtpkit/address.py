@@ -5,6 +5,7 @@ of RFC 6531) and their length limits (section 4.5.3.1).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -35,11 +36,15 @@ def isASCII(text: str) -> bool:
 
 
 def _octets(text: str) -> int:
+    if text.isascii():
+        return len(text)
     return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _hasSurrogates(text: str) -> bool:
     # Bytes that were not UTF-8 arrive as lone surrogates (surrogateescape).
+    if text.isascii():
+        return False
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -85,6 +90,7 @@ def _isValidLiteral(literal: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=4096)
 def isValidMailbox(address: str, utf8: bool = False) -> bool:
     """
     Whether C{address} is a valid RFC 5321 C{Mailbox} within the length

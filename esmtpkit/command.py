@@ -19,19 +19,7 @@ __all__ = [
     "parsePath",
     "parseParams",
     "checkMailbox",
-    "MAIL_PARAMETERS",
-    "RCPT_PARAMETERS",
 ]
-
-MAIL_PARAMETERS = frozenset({"SIZE", "BODY", "SMTPUTF8"})
-"""
-The MAIL parameters esmtpkit itself understands and validates.
-"""
-
-RCPT_PARAMETERS: frozenset[str] = frozenset()
-"""
-The RCPT parameters esmtpkit itself understands and validates.
-"""
 
 _VERB = re.compile(rb"[A-Za-z]{1,16}\Z")
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
@@ -100,6 +88,8 @@ def parsePath(arg: str, keyword: str, missing: Reply) -> tuple[str, str]:
 
 
 def _closingBracket(text: str) -> int:
+    if '"' not in text:
+        return text.find(">")
     inQuotes = escaped = False
     for index in range(1, len(text)):
         char = text[index]
@@ -122,7 +112,7 @@ def parseParams(text: str, utf8: bool = False) -> Params:
     @param utf8: allow UTF-8 in values (the command carried SMTPUTF8).
     @raise ReplyError: 501 for bad syntax or a repeated keyword.
     """
-    params: Params = {}
+    params = Params()
     if not text:
         return params
     valueSyntax = _VALUE_UTF8 if utf8 else _VALUE_ASCII

@@ -8,18 +8,21 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import (
-    FilteringLogObserver,
     ILogObserver,
     Logger,
-    LogLevelFilterPredicate,
+    LogLevel,
     globalLogPublisher,
 )
 
+from .auth import Authenticator
 from .protocol import ESMTPProtocol
+from .reply import Reply
 from .settings import Settings
+from .tls import ServerTLS
 
 __all__ = ["ESMTPFactory", "HandlerFactory"]
 
@@ -28,6 +31,32 @@ HandlerFactory = Callable[[], Any]
 Anything that, called with no arguments, returns a new
 L{IESMTPHandler <esmtpkit.IESMTPHandler>}: usually the handler class.
 """
+
+
+_LEVELS = list(LogLevel.iterconstants())
+
+
+class LevelLogger(Logger):
+    """
+    A L{Logger} that drops events below a level before building them, so
+    that a quiet server pays next to nothing for the events it does not
+    log.
+    """
+
+    def __init__(self, level: LogLevel, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.level = level
+        self._lowest = _LEVELS.index(level)
+
+    def enabled(self, level: LogLevel) -> bool:
+        """
+        Whether events of C{level} are logged.
+        """
+        return _LEVELS.index(level) >= self._lowest
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
+        if _LEVELS.index(level) >= self._lowest:
+            super().emit(level, format, **kwargs)
 
 
 class ESMTPFactory(ServerFactory):
@@ -45,6 +74,9 @@ class ESMTPFactory(ServerFactory):
     @ivar log: the L{Logger} that connections log through, filtered at
         C{settings.logLevel}.
     @ivar connections: the open connections.
+    @ivar tls: the L{ServerTLS}, or L{None}.
+    @ivar authenticator: the L{Authenticator} over the AUTH portal, or
+        L{None}.
     """
 
     protocol = ESMTPProtocol
@@ -56,6 +88,8 @@ class ESMTPFactory(ServerFactory):
         *,
         clock: IReactorTime | None = None,
         logObserver: ILogObserver | None = None,
+        tls: ServerTLS | None = None,
+        portal: Portal | None = None,
         **overrides: Any,
     ) -> None:
         """
@@ -66,6 +100,11 @@ class ESMTPFactory(ServerFactory):
         @param clock: the time source; the global reactor by default.
         @param logObserver: where log events go; the global log publisher
             by default.
+        @param tls: certificates for STARTTLS and implicit TLS listeners;
+            without them STARTTLS is not offered.
+        @param portal: a L{twisted.cred} portal to check AUTH credentials
+            (see L{esmtpkit.auth.makePortal}); without it AUTH is not
+            offered. Its avatars must be identities (user names).
         """
         if not callable(handlerFactory):
             raise TypeError(f"{handlerFactory!r} is not callable")
@@ -76,24 +115,52 @@ class ESMTPFactory(ServerFactory):
 
             clock = reactor
         self.clock: IReactorTime = clock
-        observer = FilteringLogObserver(
-            logObserver if logObserver is not None else globalLogPublisher,
-            [LogLevelFilterPredicate(defaultLogLevel=self.settings.logLevel)],
+        self.log = LevelLogger(
+            self.settings.logLevel,
+            namespace="esmtpkit",
+            observer=logObserver if logObserver is not None else globalLogPublisher,
         )
-        self.log = Logger(namespace="esmtpkit", observer=observer)
         self.connections: set[ESMTPProtocol] = set()
+        self.tls = tls
+        self.authenticator = Authenticator(portal) if portal is not None else None
+        self._perPeer: dict[str, int] = {}
 
     def buildProtocol(self, addr: IAddress | None) -> ESMTPProtocol:
         return self.protocol(self)
 
-    def connectionOpened(self, protocol: ESMTPProtocol) -> None:
+    def connectionOpened(self, protocol: ESMTPProtocol) -> Reply | None:
         """
-        Called by a connection once it is made.
+        Register a new connection; return the reply that refuses it when it
+        is over the total or per-peer connection limit, else L{None}.
         """
+        settings = self.settings
+        peer = protocol.session.peerHost
         self.connections.add(protocol)
+        count = self._perPeer[peer] = self._perPeer.get(peer, 0) + 1
+        host = settings.hostname
+        if settings.maxConnections and len(self.connections) > settings.maxConnections:
+            return Reply(
+                421, f"{host} Too many connections, try again later", enhanced="4.7.0"
+            )
+        if (
+            settings.maxConnectionsPerPeer
+            and count > settings.maxConnectionsPerPeer
+            and not settings.isExempt(peer)
+        ):
+            return Reply(
+                421, f"{host} Too many connections from your address", enhanced="4.7.0"
+            )
+        return None
 
     def connectionClosed(self, protocol: ESMTPProtocol) -> None:
         """
         Called by a connection once it is lost.
         """
-        self.connections.discard(protocol)
+        if protocol in self.connections:
+            self.connections.discard(protocol)
+            peer = protocol.session.peerHost
+            count = self._perPeer.get(peer, 0) - 1
+            if count > 0:
+                self._perPeer[peer] = count
+            else:
+                self._perPeer.pop(peer, None)

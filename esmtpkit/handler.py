@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from zope.interface import implementer
 
-from .command import MAIL_PARAMETERS, RCPT_PARAMETERS
 from .interfaces import IESMTPHandler
 from .reply import HookResult, Reply
 from .session import Params, Session
@@ -15,6 +14,25 @@ from .session import Params, Session
 __all__ = ["ESMTPHandler", "VERSION_TEXT"]
 
 VERSION_TEXT = "esmtpkit"
+
+
+# Replies that never change are made once (Reply caches its wire form).
+_OK = Reply(250, "OK", enhanced="2.0.0")
+_GO_AHEAD = Reply(354, 'Enter mail, end with "." on a line by itself')
+_CANNOT_VRFY = Reply(
+    252, "Cannot VRFY user; try RCPT to attempt delivery", enhanced="2.5.0"
+)
+_NO_EXPN = Reply(502, "Sorry we don't allow this operation", enhanced="5.5.1")
+_HELP = Reply(
+    214,
+    f"This is {VERSION_TEXT}",
+    "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY EXPN "
+    "STARTTLS AUTH",
+    enhanced="2.0.0",
+)
+_BYE = Reply(221, "Closing connection", enhanced="2.0.0")
+_START_TLS = Reply(220, "Ready to start TLS", enhanced="2.0.0")
+_AUTHENTICATED = Reply(235, "Authentication successful", enhanced="2.7.0")
 
 
 @implementer(IESMTPHandler)
@@ -45,20 +63,21 @@ class ESMTPHandler:
         Accept the sender; refuse parameters esmtpkit does not know (a
         handler that understands more overrides this).
         """
-        return _unknownParameter(params, MAIL_PARAMETERS) or Reply(
-            250, f"<{sender}>, sender ok", enhanced="2.1.0"
+        # The address was validated (printable): no need to check the text.
+        return _unknownParameter(params) or Reply._checked(
+            250, f"<{sender}>, sender ok", "2.1.0"
         )
 
     def RCPT(self, recipient: str, params: Params) -> HookResult:
         """
         Accept the recipient; refuse parameters esmtpkit does not know.
         """
-        return _unknownParameter(params, RCPT_PARAMETERS) or Reply(
-            250, f"<{recipient}>, recipient ok", enhanced="2.1.5"
+        return _unknownParameter(params) or Reply._checked(
+            250, f"<{recipient}>, recipient ok", "2.1.5"
         )
 
     def DATA(self) -> HookResult:
-        return Reply(354, 'Enter mail, end with "." on a line by itself')
+        return _GO_AHEAD
 
     def HEADER(self, name: str, value: str) -> HookResult:
         return None
@@ -72,47 +91,47 @@ class ESMTPHandler:
     def EOM(self) -> HookResult:
         transaction = self.session.transaction
         queued = f" as {transaction.id}" if transaction is not None else ""
-        return Reply(250, f"Message accepted for delivery{queued}", enhanced="2.0.0")
+        return Reply._checked(250, f"Message accepted for delivery{queued}", "2.0.0")
 
     def ABORT(self) -> HookResult:
         return None
 
     def RSET(self) -> HookResult:
-        return Reply(250, "OK", enhanced="2.0.0")
+        return _OK
 
     def NOOP(self) -> HookResult:
-        return Reply(250, "OK", enhanced="2.0.0")
+        return _OK
 
     def VRFY(self, address: str) -> HookResult:
-        return Reply(
-            252, "Cannot VRFY user; try RCPT to attempt delivery", enhanced="2.5.0"
-        )
+        return _CANNOT_VRFY
 
     def EXPN(self, address: str) -> HookResult:
-        return Reply(502, "Sorry we don't allow this operation", enhanced="5.5.1")
+        return _NO_EXPN
 
     def HELP(self, topic: str | None) -> HookResult:
-        return Reply(
-            214,
-            f"This is {VERSION_TEXT}",
-            "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN",
-            enhanced="2.0.0",
-        )
+        return _HELP
 
     def QUIT(self) -> HookResult:
-        return Reply(221, "Closing connection", enhanced="2.0.0")
+        return _BYE
 
     def UNKNOWN(self, line: str) -> HookResult:
         shown = "".join(c if c.isprintable() else "?" for c in line[:64])
         return Reply(500, f"Command unrecognized: {shown}", enhanced="5.5.2")
 
+    def STARTTLS(self) -> HookResult:
+        return _START_TLS
+
+    def AUTH(self, identity: str) -> HookResult:
+        return _AUTHENTICATED
+
     def DISCONNECT(self) -> HookResult:
         return None
 
 
-def _unknownParameter(params: Params, known: frozenset[str]) -> HookResult:
+def _unknownParameter(params: Params) -> Reply | None:
+    unknown: frozenset[str] = getattr(params, "unknown", frozenset())
     for keyword in params:
-        if keyword not in known:
+        if keyword in unknown:
             return Reply(555, f"Unsupported parameter {keyword}", enhanced="5.5.4")
     return None
 
@@ -121,6 +140,27 @@ def _hello(session: Session, domain: str) -> str:
     peer = session.peerHost
     where = f" [{peer}]" if peer else ""
     return f"{session.hostname} Hello {domain}{where}, pleased to meet you"
+
+
+_skipped: dict[type, frozenset[str]] = {}
+
+
+def skippableHooks(cls: type) -> frozenset[str]:
+    """
+    The content hooks (HEADER, EOH, BODY) that handler class C{cls} takes
+    unchanged from L{ESMTPHandler}, which do nothing: esmtpkit need not call
+    them.
+    """
+    names = _skipped.get(cls)
+    if names is None:
+        names = frozenset(
+            name
+            for name in ("HEADER", "EOH", "BODY")
+            if getattr(cls, name, None) is getattr(ESMTPHandler, name)
+        )
+        if len(_skipped) < 1000:
+            _skipped[cls] = names
+    return names
 
 
 def defaultReply(hook: str, handler: object, args: tuple[object, ...]) -> Reply:

@@ -13,7 +13,6 @@ handler pushes back on the client.
 from __future__ import annotations
 
 import inspect
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +23,7 @@ from twisted.internet.defer import (
 )
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -38,6 +38,7 @@ Done = Callable[[Any], None]
 HOOK_FAILED = Reply(451, "Requested action aborted: local error", enhanced="4.3.0")
 HOOK_TIMEOUT = Reply(451, "Requested action aborted: timed out", enhanced="4.3.0")
 
+_PLAIN_RESULTS = (Reply, tuple)
 _ENHANCED_OK = {"MAIL": "2.1.0", "RCPT": "2.1.5", "VRFY": "2.5.0"}
 
 
@@ -60,6 +61,21 @@ class HookRunner:
     @ivar handler: the handler whose hooks are called.
     @ivar pending: the Deferred of the hook in flight, or L{None}.
     """
+
+    __slots__ = (
+        "handler",
+        "pending",
+        "_sessionId",
+        "_log",
+        "_clock",
+        "_timeout",
+        "_pause",
+        "_resume",
+        "_steps",
+        "_driving",
+        "_paused",
+        "_final",
+    )
 
     def __init__(
         self,
@@ -84,7 +100,8 @@ class HookRunner:
         self._timeout = timeout
         self._pause = pause
         self._resume = resume
-        self._steps: deque[Step] = deque()
+        # A short list: steps are few, and an idle connection keeps it small.
+        self._steps: list[Step] = []
         self._driving = False
         self._paused = False
         self._final: tuple[Step, ...] | None = None
@@ -93,7 +110,7 @@ class HookRunner:
         """
         Run C{steps} next, before anything already queued.
         """
-        self._steps.extendleft(reversed(steps))
+        self._steps[0:0] = steps
 
     def later(self, *steps: Step) -> None:
         """
@@ -124,12 +141,34 @@ class HookRunner:
         Run queued steps until the queue is empty or a hook is pending; then
         resume input if a pending hook had paused it.
         """
-        if self._driving:
+        if self._driving or not (self._steps or self._paused):
             return
         self._driving = True
         try:
-            while self._steps and self.pending is None:
-                self._steps.popleft()()
+            steps = self._steps
+            while steps and self.pending is None:
+                steps.pop(0)()
+        finally:
+            self._driving = False
+        if self.pending is None and self._paused:
+            self._paused = False
+            self._resume()
+
+    def run(self, step: Callable[..., None], *args: Any) -> None:
+        """
+        Run C{step(*args)} now, then whatever it queued; when other steps
+        are queued or a hook is pending, queue it first in line instead.
+        """
+        if self._driving or self._steps or self.pending is not None:
+            self._steps.insert(0, lambda: step(*args))
+            self.drive()
+            return
+        self._driving = True
+        try:
+            step(*args)
+            steps = self._steps
+            while steps and self.pending is None:
+                steps.pop(0)()
         finally:
             self._driving = False
         if self.pending is None and self._paused:
@@ -148,10 +187,33 @@ class HookRunner:
         except Exception:
             done(Failure())
             return
-        if not isinstance(result, Deferred) and not inspect.iscoroutine(result):
+        if (
+            result is None
+            or type(result) in _PLAIN_RESULTS
+            or not (isinstance(result, Deferred) or inspect.iscoroutine(result))
+        ):
             done(result)
             return
         deferred: Deferred[Any] = ensureDeferred(result)
+        if not deferred.called and self._timeout:
+            deferred.addTimeout(self._timeout, self._clock)
+        self._await(deferred, done)
+
+    def wait(self, deferred: Deferred[Any], done: Done) -> None:
+        """
+        Treat C{deferred} (work esmtpkit does for the handler, such as
+        checking credentials) like a pending hook: hold the queue and input
+        until it fires, then pass its result to C{done}.
+        """
+        self._await(deferred, done)
+
+    def sleep(self, seconds: float) -> None:
+        """
+        Hold the queue, and input, for C{seconds} (to slow a client down).
+        """
+        self._await(deferLater(self._clock, seconds), lambda value: None)
+
+    def _await(self, deferred: Deferred[Any], done: Done) -> None:
         settled: list[Any] = []
 
         def fired(value: Any) -> None:
@@ -160,8 +222,6 @@ class HookRunner:
             else:
                 settled.append(value)
 
-        if not deferred.called and self._timeout:
-            deferred.addTimeout(self._timeout, self._clock)
         deferred.addBoth(fired)
         if settled:
             done(settled[0])

@@ -195,6 +195,22 @@ class IESMTPHandler(Interface):
             C{surrogateescape}).
         """
 
+    def STARTTLS() -> Any:
+        """
+        The client asked to start TLS (STARTTLS is offered and valid now).
+        Reply 220 to go ahead; any other reply refuses, and the session
+        goes on in plaintext. After the handshake C{session.tls} describes
+        the TLS layer, and the client must greet again (EHLO).
+        """
+
+    def AUTH(identity: str) -> Any:
+        """
+        The client proved it is C{identity} (checked by the server's
+        L{twisted.cred} portal). Reply 235 to accept it, then
+        C{session.authenticated} is C{identity}; any other reply (535, say)
+        refuses it and counts as a failed attempt.
+        """
+
     def DISCONNECT() -> Any:
         """
         The connection is gone, for whatever reason. Called exactly once per

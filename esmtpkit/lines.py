@@ -27,20 +27,22 @@ class PushbackLineReceiver(LineReceiver):
         read it as raw data), instead of the connection being dropped;
       - a long run of lines in one read is split in linear time.
 
-    The line delimiter is CRLF (RFC 5321); C{MAX_LENGTH} is the longest line
-    without it.
+    Lines end at LF; L{bareLineEnding} tells, while C{lineReceived} runs,
+    whether that LF came without the CR that RFC 5321 requires before it
+    (the line never includes the line ending). C{MAX_LENGTH} is the longest
+    line without its ending.
+
+    @ivar bareLineEnding: whether the current line ended with a bare LF.
+    @ivar moreInput: whether more input had already arrived after the
+        current line (the client did not wait for the reply).
     """
 
     delimiter = b"\r\n"
     transport: Any
+    bareLineEnding = False
+    moreInput = False
     _pushedBack = b""
-
-    def stopReading(self) -> bool:
-        """
-        Whether the loop must stop before the next line or chunk (the
-        connection is closing).
-        """
-        return bool(self.transport is None or self.transport.disconnecting)
+    _closing = False  # set once the connection is being closed: read no more
 
     def dataReceived(self, data: bytes) -> None:
         if self._busyReceiving:
@@ -51,16 +53,23 @@ class PushbackLineReceiver(LineReceiver):
             buf = self._buffer + data if self._buffer else data
             self._buffer = b""
             pos = 0
-            while pos < len(buf) and not self.paused and not self.stopReading():
+            while pos < len(buf) and not self.paused and not self._closing:
                 if self.line_mode:
-                    end = buf.find(b"\r\n", pos)
-                    if end < 0 or end - pos > self.MAX_LENGTH:
+                    end = buf.find(b"\n", pos)
+                    if end < 0 or end - pos > self.MAX_LENGTH + 1:
                         if end < 0 and len(buf) - pos <= self.MAX_LENGTH + 1:
                             break
                         rest, pos = buf[pos:], len(buf)
                         self.lineLengthExceeded(rest)
                     else:
-                        line, pos = buf[pos:end], end + 2
+                        if end > pos and buf[end - 1] == 13:
+                            line = buf[pos : end - 1]
+                            self.bareLineEnding = False
+                        else:
+                            line = buf[pos:end]
+                            self.bareLineEnding = True
+                        pos = end + 1
+                        self.moreInput = pos < len(buf)
                         self.lineReceived(line)
                 else:
                     chunk, pos = (buf[pos:] if pos else buf), len(buf)

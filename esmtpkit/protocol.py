@@ -2,42 +2,79 @@
 L{ESMTPProtocol}: the server side of one SMTP connection.
 
 Commands are read in line mode and answered through the handler's hooks
-(L{HookRunner}); the message after DATA is received by L{MessageReceiver}
-(headers in line mode, the body in raw mode), after which the protocol goes
-back to line mode for whatever the client pipelined after the end of the
-data. Subclasses add commands with C{do_VERB(argument)} methods and EHLO
-keywords by extending L{ESMTPProtocol.extensions}.
+(L{HookRunner}); messages are received by L{MessageReceiver} (after DATA,
+headers in line mode and the body in raw mode; after BDAT, chunks in raw
+mode), after which the protocol goes back to line mode for whatever the
+client pipelined. Subclasses add commands with C{do_VERB(argument)} methods
+and EHLO keywords by extending L{ESMTPProtocol.extensions}.
+
+The protocol guards itself before the handler sees anything: connection
+limits, early talkers, pipelining without PIPELINING, bare line endings,
+line and message size limits, an error budget, idle timeouts and a deadline
+for message content.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.protocol import connectionDone
+from twisted.logger import LogLevel
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from .command import checkMailbox, parseParams, parsePath, splitCommand
+from .handler import skippableHooks
 from .hooks import HookRunner
 from .interfaces import IESMTPHandler
 from .lines import PushbackLineReceiver
-from .message import HEADERS, TOO_BIG, MessageReceiver
+from .message import CHUNK, COMMAND, HEADERS, MessageReceiver
+from .params import checkMailParams, checkRcptParams
 from .reply import Reply, ReplyError
+from .security import AUTH_STATE, SecureCommands
 from .session import Params, Recipient, Session
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
     from .factory import ESMTPFactory
 
 __all__ = ["ESMTPProtocol"]
 
-# Protocol states (and HEADERS, BODY_STATE from esmtpkit.message).
-GREETING = "greeting"  # CONNECT has not answered yet
-COMMAND = "command"
+# Protocol states (and COMMAND, HEADERS, BODY_STATE, CHUNK from
+# esmtpkit.message).
+GREETING = "greeting"  # the greeting has not been sent yet
 REFUSED = "refused"  # CONNECT answered 554: only QUIT is served
 SKIPLINE = "skipline"  # raw mode: discarding the rest of an over-long line
 
+# Commands after which a client must wait for the reply even with PIPELINING
+# (RFC 2920 section 3.1; BDAT is followed by its chunk, QUIT by nothing).
+_MUST_WAIT = frozenset({"HELO", "EHLO", "DATA", "STARTTLS", "AUTH"})
+
+HELD_INPUT = 65536
+"""
+Unprocessed input held while paused, in bytes, beyond which the transport
+stops reading.
+"""
+
 _NO_SERVICE = Reply(503, "Error: no service on this connection", enhanced="5.5.1")
 _LINE_TOO_LONG = Reply(500, "Line too long", enhanced="5.5.6")
+_BARE_LF = Reply(500, "Bare LF in command; lines must end with CRLF", enhanced="5.5.2")
+_BARE_CR = Reply(500, "Bare CR in command", enhanced="5.5.2")
+
+
+def _verbTable(cls: type) -> dict[str, Callable[[Any, str], None]]:
+    """
+    The C{do_VERB} methods of a protocol class, by verb (made once a class).
+    """
+    table: dict[str, Callable[[Any, str], None]] | None = cls.__dict__.get("_verbs")
+    if table is None:
+        table = {
+            name[3:]: getattr(cls, name) for name in dir(cls) if name.startswith("do_")
+        }
+        cls._verbs = table  # type: ignore[attr-defined]
+    return table
 
 
 def _syntax(text: str) -> Reply:
@@ -48,12 +85,15 @@ def _sequence(text: str) -> Reply:
     return Reply(503, text, enhanced="5.5.1")
 
 
-class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
+class ESMTPProtocol(
+    PushbackLineReceiver, MessageReceiver, SecureCommands, TimeoutMixin
+):
     """
     One SMTP server connection, driving one L{IESMTPHandler}.
 
     @ivar session: the connection's L{Session}.
-    @ivar handler: the connection's handler, or L{None} if building it failed.
+    @ivar handler: the connection's handler, or L{None} if there is none
+        (a connection refused for a limit, or a handler factory that failed).
     """
 
     def __init__(self, factory: ESMTPFactory) -> None:
@@ -69,7 +109,12 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
         self._skipReturn = COMMAND
         self._skipCR = False
         self._closing = False
-        self._debug = settings.logLevel.name == "debug"
+        self._errors = 0
+        self._greetingCall: IDelayedCall | None = None
+        self._pausedAt = 0.0
+        self._pauseReasons: set[str] = set()
+        self._transportPaused = False
+        self._debug = factory.log.enabled(LogLevel.debug)
         self._verb = "CONNECT"  # the command being answered, for the log
 
     # -- connection life cycle --------------------------------------------
@@ -78,12 +123,20 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
         session = self.session
         session.peer = self.transport.getPeer()
         session.host = self.transport.getHost()
-        self.factory.connectionOpened(self)
+        refusal = self.factory.connectionOpened(self)
         self.log.info(
             "session {session} connected from {peer}",
             session=session.id,
             peer=session.peerHost or str(session.peer),
         )
+        if refusal is not None:
+            self.log.info(
+                "session {session} refused: {reason}",
+                session=session.id,
+                reason=refusal.text,
+            )
+            self._write(refusal)
+            return
         try:
             handler = self.factory.handlerFactory()
             if not IESMTPHandler.providedBy(handler):
@@ -98,10 +151,11 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
                 Reply(
                     421, f"{session.hostname} Service not available", enhanced="4.3.0"
                 ),
-                enhanced=False,
             )
             return
         self.handler = handler
+        self._skipHooks = skippableHooks(type(handler))
+        self.transport.registerProducer(self, True)
         self._hooks = HookRunner(
             handler,
             session.id,
@@ -112,11 +166,28 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
             self._resumeAfterHook,
         )
         self.setTimeout(self.settings.idleTimeout)
-        self._hooks.now(lambda: self._hooks.callReply("CONNECT", (), self._greeted))
+        if self.settings.greetingDelay:
+            # Hold any input until the greeting is out (dataReceived still
+            # sees it arrive, to catch early talkers).
+            self._pauseInput("greeting", stopTransport=False)
+            self._greetingCall = self.factory.clock.callLater(
+                self.settings.greetingDelay, self._greet
+            )
+        else:
+            self._greet()
+
+    def _greet(self) -> None:
+        self._greetingCall = None
+        self._hooks.run(self._hooks.callReply, "CONNECT", (), self._greeted)
         self._hooks.drive()
+        if "greeting" in self._pauseReasons:
+            self._resumeInput("greeting")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)
+        self._stopDeadline()
+        if self._greetingCall is not None and self._greetingCall.active():
+            self._greetingCall.cancel()
         self._closing = True
         self.factory.connectionClosed(self)
         if self._hooks is None:
@@ -153,29 +224,87 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
             self._closing = True
             self.transport.loseConnection()
 
+    # -- flow control -----------------------------------------------------
+    # Input stops for two reasons: a hook is pending (so replies stay in
+    # order and a slow handler slows the client down), or the client is not
+    # reading our replies (the transport, whose producer we are, says its
+    # write buffer is full). Reading resumes when neither holds.
+
     def _pauseForHook(self) -> None:
-        self.paused = True
         self.setTimeout(None)
-        if not self._closing:
-            self.transport.pauseProducing()
+        self._pausedAt = self.factory.clock.seconds()
+        # Before the greeting, keep reading: a client that talks first is
+        # caught by dataReceived.
+        self._pauseInput("hook", stopTransport=self._state != GREETING)
 
     def _resumeAfterHook(self) -> None:
+        if not self._closing:
+            self._holdDeadline(self.factory.clock.seconds() - self._pausedAt)
+            self.setTimeout(self.settings.idleTimeout)
+        self._resumeInput("hook")
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's write buffer is full: process nothing more until the
+        client has taken its replies. The transport itself keeps reading
+        (a TLS layer waiting for its handshake pauses us this way too) until
+        more than L{HELD_INPUT} bytes wait unprocessed.
+        """
+        self._pauseInput("output", stopTransport=False)
+
+    def resumeProducing(self) -> None:
+        self._resumeInput("output")
+
+    def stopProducing(self) -> None:
+        self._closing = True
+
+    def _pauseInput(self, reason: str, stopTransport: bool = True) -> None:
+        self._pauseReasons.add(reason)
+        self.paused = True
+        if stopTransport and not self._transportPaused and not self._closing:
+            self._transportPaused = True
+            self.transport.pauseProducing()
+
+    def _resumeInput(self, reason: str) -> None:
+        self._pauseReasons.discard(reason)
+        if self._pauseReasons:
+            return
         self.paused = False
         if self._closing:
             return
-        self.setTimeout(self.settings.idleTimeout)
-        self.transport.resumeProducing()
+        if self._transportPaused:
+            self._transportPaused = False
+            self.transport.resumeProducing()
         self.dataReceived(b"")
 
-    # -- input ------------------------------------------------------------
+    def _violation(self, what: str) -> None:
+        """
+        The client broke the rules of the conversation in a way that makes
+        it unsafe to go on: say so and close.
+        """
+        self.log.info(
+            "session {session} protocol violation: {what}",
+            session=self.session.id,
+            what=what,
+        )
+        self._write(
+            Reply(554, "Error: SMTP protocol synchronization", enhanced="5.5.0")
+        )
+        self._close()
 
-    def stopReading(self) -> bool:
-        return self._closing or super().stopReading()
+    # -- input ------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        if self.paused and data and not self._transportPaused:
+            if len(self._buffer) + len(data) > HELD_INPUT:
+                self._transportPaused = True
+                self.transport.pauseProducing()
         if data:
+            if self._state == GREETING and self.settings.enforceSync:
+                self._violation("client talked before the greeting")
+                return
             self.resetTimeout()
         super().dataReceived(data)
 
@@ -191,32 +320,44 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
         self._hooks.drive()
 
     def lineReceived(self, line: bytes) -> None:
-        if self._state == HEADERS:
+        state = self._state
+        if state == HEADERS:
             self._headerLine(line)
+        elif state == AUTH_STATE:
+            self._authLine(line)
         else:
             self._commandLine(line)
         self._hooks.drive()
 
     def rawDataReceived(self, data: bytes) -> None:
-        if self._state == SKIPLINE:
+        state = self._state
+        if state == CHUNK:
+            self._chunkData(data)
+        elif state == SKIPLINE:
             self._skipLine(data)
             return
-        self._bodyData(data)
+        else:
+            self._bodyData(data)
         self._hooks.drive()
 
     def _skipLine(self, data: bytes) -> None:
         buf = b"\r" + data if self._skipCR else data
-        end = buf.find(b"\r\n")
+        end = buf.find(b"\n")
         if end < 0:
             self._skipCR = buf.endswith(b"\r")
             return
         self._state = self._skipReturn
-        self.setLineMode(buf[end + 2 :])
+        self.setLineMode(buf[end + 1 :])
         self._write(_LINE_TOO_LONG)
+        self._hooks.drive()
 
     # -- replies ----------------------------------------------------------
 
     def _write(self, reply: Reply, enhanced: bool = True) -> None:
+        if self._closing:
+            # Closed for a reason already said (QUIT, 421, 554): nothing a
+            # hook answers later may follow it.
+            return
         self.transport.write(
             reply.toBytes(enhanced and self.settings.enhancedStatusCodes)
         )
@@ -229,6 +370,32 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
             )
         if reply.code == 421 or (self.handler is not None and self.handler.disconnect):
             self._close()
+        elif reply.code >= 400 and self._state != GREETING:
+            self._countError()
+
+    def _countError(self) -> None:
+        """
+        Every error reply counts; past the soft limit the session slows
+        down, at the hard limit it ends (Postfix's smtpd_soft_error_limit
+        and smtpd_hard_error_limit).
+        """
+        self._errors += 1
+        settings = self.settings
+        if settings.hardErrorLimit and self._errors >= settings.hardErrorLimit:
+            self.log.info(
+                "session {session} made too many errors", session=self.session.id
+            )
+            self._write(
+                Reply(
+                    421,
+                    f"{self.session.hostname} Error: too many errors",
+                    enhanced="4.7.0",
+                )
+            )
+        elif settings.softErrorLimit and self._errors > settings.softErrorLimit:
+            delay = settings.errorDelay * (self._errors - settings.softErrorLimit)
+            if delay and self._hooks is not None:
+                self._hooks.now(lambda: self._hooks.sleep(delay))
 
     def _withHostname(self, reply: Reply) -> Reply:
         first, host = reply.lines[0], self.session.hostname
@@ -243,35 +410,50 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
 
     def _greeted(self, reply: Reply) -> None:
         # RFC 5321 allows only 220, 554 (no service) and 421 (closing) here.
+        # The greeting goes out before the state changes, so that a refusal
+        # does not count as a client error.
         kind = reply.code // 100
         if kind == 2:
+            self._write(self._withHostname(Reply(220, *reply.lines)), enhanced=False)
             self._state = COMMAND
-            reply = self._withHostname(Reply(220, *reply.lines))
-            self._write(reply, enhanced=False)
             return
-        self._state = REFUSED
         code = 421 if kind == 4 else 554
         self._write(Reply(code, *reply.lines, enhanced=reply.enhanced))
+        self._state = REFUSED
 
     # -- commands ---------------------------------------------------------
 
     def _commandLine(self, line: bytes) -> None:
-        if b"\n" in line or b"\r" in line:
-            self._write(Reply(500, "Bare CR or LF in command line", enhanced="5.5.2"))
+        if b"\r" in line:
+            self._write(_BARE_CR)
+            return
+        if self.bareLineEnding and self.settings.bareLineEndings == "reject":
+            self._write(_BARE_LF)
             return
         verb, arg = splitCommand(line)
         self._verb = verb or "UNKNOWN"
+        if self.moreInput and self.settings.enforceSync and not self._mayPipeline(verb):
+            self._violation(f"input pipelined after {self._verb}")
+            return
         if self._state == REFUSED and verb != "QUIT":
             self._write(_NO_SERVICE)
             return
-        method = getattr(self, "do_" + verb, None) if verb else None
+        method = _verbTable(type(self)).get(verb)
         if method is None:
             text = line.decode("utf-8", "surrogateescape")
-            self._hooks.now(
-                lambda: self._hooks.callReply("UNKNOWN", (text,), self._write)
-            )
+            self._hooks.run(self._hooks.callReply, "UNKNOWN", (text,), self._write)
         else:
-            method(arg)
+            method(self, arg)
+
+    def _mayPipeline(self, verb: str) -> bool:
+        """
+        Whether the client may send more before the reply to C{verb}.
+        """
+        if verb in ("BDAT", "QUIT"):
+            return True
+        return (
+            self.session.esmtp and self.settings.pipelining and verb not in _MUST_WAIT
+        )
 
     def extensions(self) -> list[str]:
         """
@@ -281,15 +463,24 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
         keywords = []
         if settings.pipelining:
             keywords.append("PIPELINING")
-        keywords.append(
-            f"SIZE {settings.maxMessageSize}" if settings.maxMessageSize else "SIZE"
-        )
-        keywords.append("8BITMIME")
+        if settings.size:
+            limit = settings.maxMessageSize
+            keywords.append(f"SIZE {limit}" if limit else "SIZE")
+        if settings.eightBitMIME:
+            keywords.append("8BITMIME")
         if settings.smtputf8:
             keywords.append("SMTPUTF8")
         if settings.enhancedStatusCodes:
             keywords.append("ENHANCEDSTATUSCODES")
-        return keywords
+        if settings.chunking:
+            keywords.append("CHUNKING")
+            if settings.binaryMIME:
+                keywords.append("BINARYMIME")
+        if settings.dsn:
+            keywords.append("DSN")
+        if settings.limits:
+            keywords.append(f"LIMITS RCPTMAX={settings.maxRecipients}")
+        return keywords + self._secureExtensions()
 
     def _abortStep(self) -> None:
         """
@@ -324,10 +515,7 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
                 reply = self._withHostname(reply)
                 if verb == "EHLO":
                     reply = Reply(
-                        reply.code,
-                        reply.lines[0],
-                        *self.extensions(),
-                        *reply.lines[1:],
+                        reply.code, reply.lines[0], *self.extensions(), *reply.lines[1:]
                     )
             self._write(reply, enhanced=False)
 
@@ -343,50 +531,41 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
         if session.transaction is not None:
             self._write(_sequence("Sender already specified"))
             return
+        refusal = self._tlsRequired()
+        if refusal is None and self.settings.requireAuth and not session.authenticated:
+            refusal = Reply(530, "Authentication required", enhanced="5.7.0")
+        if refusal is not None:
+            self._write(refusal)
+            return
         try:
             sender, params = self._mailArguments(arg)
         except ReplyError as e:
             self._write(e.reply)
             return
         session.transaction = session.newTransaction(sender, params)
+        self._resetMessage()
 
         def answered(reply: Reply) -> None:
             if reply.code // 100 != 2:
                 session.transaction = None
             self._write(reply)
 
-        self._hooks.now(
-            lambda: self._hooks.callReply("MAIL", (sender, params), answered)
-        )
+        self._hooks.run(self._hooks.callReply, "MAIL", (sender, params), answered)
 
     def _mailArguments(self, arg: str) -> tuple[str, Params]:
         sender, text = parsePath(arg, "FROM", _syntax("MAIL requires return-path"))
-        params = self._checkParams(parseParams(text, utf8=self.settings.smtputf8))
-        if "SIZE" in params:
-            size = params["SIZE"]
-            if size is None or not size.isdigit() or len(size) > 20:
-                raise ReplyError(_syntax("Bad SIZE parameter"))
-            limit = self.settings.maxMessageSize
-            if limit and int(size) > limit:
-                raise ReplyError(TOO_BIG)
-        if "BODY" in params:
-            body = (params["BODY"] or "").upper()
-            if body not in ("7BIT", "8BITMIME"):
-                raise ReplyError(
-                    Reply(555, f"Unsupported BODY type {body}", enhanced="5.5.4")
-                )
-            params["BODY"] = body
-        if "SMTPUTF8" in params:
-            if params["SMTPUTF8"] is not None or not self.settings.smtputf8:
-                raise ReplyError(_syntax("Bad SMTPUTF8 parameter"))
+        params = checkMailParams(
+            parseParams(text, utf8=self.settings.smtputf8),
+            self.settings,
+            self.session.esmtp,
+            tls=self.tlsActive(),
+            auth=self._authOffered(),
+            authenticated=self.session.authenticated is not None,
+        )
         if sender:
-            checkMailbox(sender, "SMTPUTF8" in params, sender=True)
+            utf8 = self.settings.smtputf8 and "SMTPUTF8" in params
+            checkMailbox(sender, utf8, sender=True)
         return sender, params
-
-    def _checkParams(self, params: Params) -> Params:
-        if params and not self.session.esmtp:
-            raise ReplyError(Reply(555, "ESMTP parameters need EHLO", enhanced="5.5.4"))
-        return params
 
     def do_RCPT(self, arg: str) -> None:
         transaction = self.session.transaction
@@ -397,8 +576,10 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
             recipient, text = parsePath(
                 arg, "TO", _syntax("RCPT requires forward-path")
             )
-            utf8 = "SMTPUTF8" in transaction.mailParams
-            params = self._checkParams(parseParams(text, utf8=utf8))
+            utf8 = self.settings.smtputf8 and "SMTPUTF8" in transaction.mailParams
+            params = checkRcptParams(
+                parseParams(text, utf8=utf8), self.settings, self.session.esmtp, utf8
+            )
             if recipient.lower() != "postmaster":
                 checkMailbox(recipient, utf8, sender=False)
         except ReplyError as e:
@@ -413,27 +594,67 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
                 transaction.recipients.append(Recipient(recipient, params))
             self._write(reply)
 
-        self._hooks.now(
-            lambda: self._hooks.callReply("RCPT", (recipient, params), answered)
-        )
+        self._hooks.run(self._hooks.callReply, "RCPT", (recipient, params), answered)
+
+    def _transactionError(self) -> Reply | None:
+        """
+        Why the transaction cannot take message content now, if it cannot.
+        """
+        transaction = self.session.transaction
+        if transaction is None:
+            return _sequence("Need MAIL command")
+        if not transaction.recipients:
+            return _sequence("Need RCPT (recipient)")
+        return None
 
     def do_DATA(self, arg: str) -> None:
         transaction = self.session.transaction
-        if arg:
-            self._write(_syntax("Syntax: DATA"))
-        elif transaction is None:
-            self._write(_sequence("Need MAIL command"))
-        elif not transaction.recipients:
-            self._write(_sequence("Need RCPT (recipient)"))
-        else:
-            self._hooks.now(
-                lambda: self._hooks.callReply("DATA", (), self._dataAnswered)
-            )
+        refusal = _syntax("Syntax: DATA") if arg else self._transactionError()
+        if refusal is None and transaction is not None:
+            if self._msg is not None and self._msg.chunking:
+                refusal = _sequence("DATA not allowed after BDAT")
+            elif transaction.mailParams.get("BODY") == "BINARYMIME":
+                refusal = _sequence("BINARYMIME needs BDAT, not DATA")
+        if refusal is not None:
+            self._write(refusal)
+            return
+        self._hooks.run(self._hooks.callReply, "DATA", (), self._dataAnswered)
 
     def _dataAnswered(self, reply: Reply) -> None:
         if reply.code // 100 == 3:
             self._beginMessage()
         self._write(reply)
+
+    def do_BDAT(self, arg: str) -> None:
+        words = arg.split()
+        if (
+            not 1 <= len(words) <= 2
+            or not words[0].isdigit()
+            or len(words[0]) > 15
+            or (len(words) == 2 and words[1].upper() != "LAST")
+        ):
+            # Without a size we cannot tell where the chunk ends: stop here
+            # rather than read message content as commands.
+            self._write(_syntax("Syntax: BDAT size [LAST]"))
+            self._close()
+            return
+        size, last = int(words[0]), len(words) == 2
+        refusal = self._transactionError()
+        if not self.settings.chunking or not self.session.esmtp:
+            refusal = Reply(502, "CHUNKING not offered", enhanced="5.5.1")
+        if refusal is not None or self._msg is not None:
+            self._readChunk(size, last, refusal)
+            return
+
+        def answered(reply: Reply) -> None:
+            # The first chunk opens the message through the DATA hook, which
+            # must let it in (354) as for DATA.
+            self._readChunk(size, last, None if reply.code // 100 == 3 else reply)
+
+        self._verb = "DATA"
+        self.setRawMode()
+        self._state = CHUNK
+        self._hooks.run(self._hooks.callReply, "DATA", (), answered)
 
     def do_RSET(self, arg: str) -> None:
         if arg:
@@ -444,7 +665,7 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
         )
 
     def do_NOOP(self, arg: str) -> None:
-        self._hooks.now(lambda: self._hooks.callReply("NOOP", (), self._write))
+        self._hooks.run(self._hooks.callReply, "NOOP", (), self._write)
 
     def do_VRFY(self, arg: str) -> None:
         self._addressQuery("VRFY", arg)
@@ -456,11 +677,11 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, TimeoutMixin):
         if not arg:
             self._write(_syntax(f"{verb} requires an address"))
             return
-        self._hooks.now(lambda: self._hooks.callReply(verb, (arg,), self._write))
+        self._hooks.run(self._hooks.callReply, verb, (arg,), self._write)
 
     def do_HELP(self, arg: str) -> None:
         topic = arg or None
-        self._hooks.now(lambda: self._hooks.callReply("HELP", (topic,), self._write))
+        self._hooks.run(self._hooks.callReply, "HELP", (topic,), self._write)
 
     def do_QUIT(self, arg: str) -> None:
         if arg:

@@ -21,6 +21,13 @@ __all__ = ["Reply", "ReplyError", "ReplyLike", "HookResult", "toReply"]
 
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+_VALID_ENHANCED: dict[str, bool] = {}
+
+
+def _clean(line: object) -> str:
+    text = line if type(line) is str else str(line)
+    # isprintable() is False for every control character, and quick.
+    return text if text.isprintable() else _UNSAFE.sub(" ", text)
 
 
 class Reply:
@@ -40,33 +47,52 @@ class Reply:
         when none was given; see L{Reply.withEnhanced}.
     """
 
-    __slots__ = ("code", "lines", "enhanced")
+    __slots__ = ("code", "lines", "enhanced", "_wire")
 
     code: int
     lines: tuple[str, ...]
     enhanced: str | None
 
     def __init__(self, code: int, *lines: str, enhanced: str | None = None) -> None:
-        if isinstance(code, bool) or not isinstance(code, int):
+        if type(code) is not int:
             raise TypeError(f"reply code must be an int, not {code!r}")
         if not 200 <= code <= 599:
             raise ValueError(f"reply code {code} is not between 200 and 599")
-        clean = [_UNSAFE.sub(" ", str(line)) for line in lines] or [""]
+        clean = [_clean(line) for line in lines] or [""]
         if enhanced is None:
-            match = _ENHANCED.match(clean[0])
-            if match is not None:
-                enhanced = clean[0][: match.end()].strip()
-                clean[0] = clean[0][match.end() :]
+            if clean[0][:1] in ("2", "4", "5"):
+                match = _ENHANCED.match(clean[0])
+                if match is not None:
+                    enhanced = clean[0][: match.end()].strip()
+                    clean[0] = clean[0][match.end() :]
         if enhanced is not None:
-            match = _ENHANCED.match(enhanced)
-            if match is None or enhanced.endswith(" "):
-                raise ValueError(f"{enhanced!r} is not an enhanced status code")
-            if int(match.group(1)) != code // 100:
+            valid = _VALID_ENHANCED.get(enhanced)
+            if valid is None:
+                match = _ENHANCED.match(enhanced)
+                if match is None or enhanced.endswith(" "):
+                    raise ValueError(f"{enhanced!r} is not an enhanced status code")
+                if len(_VALID_ENHANCED) < 1000:
+                    _VALID_ENHANCED[enhanced] = True
+            if enhanced[0] != str(code // 100):
                 # RFC 3463: the class must agree with the reply code.
                 enhanced = None
         self.code = code
         self.lines = tuple(clean)
         self.enhanced = enhanced
+        self._wire: tuple[bytes | None, bytes | None] = (None, None)
+
+    @classmethod
+    def _checked(cls, code: int, line: str, enhanced: str | None) -> Reply:
+        """
+        A one-line reply from parts esmtpkit has already checked (a valid
+        code and enhanced code, printable text): skips the checks.
+        """
+        reply = cls.__new__(cls)
+        reply.code = code
+        reply.lines = (line,)
+        reply.enhanced = enhanced
+        reply._wire = (None, None)
+        return reply
 
     @property
     def text(self) -> str:
@@ -99,6 +125,9 @@ class Reply:
         @param enhanced: whether to write the enhanced status code (when the
             reply has one) after the reply code on each line.
         """
+        cached = self._wire[1 if enhanced else 0]
+        if cached is not None:
+            return cached
         code = str(self.code)
         prefix = ""
         if enhanced and self.enhanced is not None:
@@ -109,7 +138,9 @@ class Reply:
             sep = " " if index == last else "-"
             text = prefix + line if (prefix or line) else ""
             out.append(f"{code}{sep}{text}".rstrip(" ") + "\r\n")
-        return "".join(out).encode("utf-8", "surrogateescape")
+        wire = "".join(out).encode("utf-8", "surrogateescape")
+        self._wire = (wire, self._wire[1]) if not enhanced else (self._wire[0], wire)
+        return wire
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Reply):

@@ -5,19 +5,25 @@ endpoint descriptions with one L{ESMTPFactory}.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.cred.portal import Portal
+from twisted.logger import Logger
 
+from .endpoints import serverFromDescription
 from .factory import ESMTPFactory, HandlerFactory
-from .proxy import proxyServerFromString
 from .settings import Settings
+from .tls import ServerTLS
 
 __all__ = ["ESMTPService", "DEFAULT_PORT"]
 
 DEFAULT_PORT = "tcp:2525:interface=127.0.0.1"
+
+log = Logger(namespace="esmtpkit")
 
 
 class ESMTPService(MultiService):
@@ -42,29 +48,74 @@ class ESMTPService(MultiService):
         settings: Settings | None = None,
         *,
         reactor: Any = None,
+        tls: ServerTLS | None = None,
+        portal: Portal | None = None,
+        reloadOnSIGHUP: bool | None = None,
         **overrides: Any,
     ) -> None:
         """
         @param handlerFactory: a handler class, or a callable returning one
             new handler per connection.
-        @param ports: endpoint descriptions (C{tcp:25}, C{ssl:465:...},
-            C{unix:/path}, C{haproxy:tcp:2525}, ...); behind C{haproxy:} the
-            session starts once the PROXY header has been read, with the
-            client's address.
+        @param ports: endpoint descriptions (C{tcp:25}, C{ssl:465},
+            C{unix:/path}, C{haproxy:tcp:2525}, ...); C{ssl:} without
+            C{privateKey=} uses C{tls}; behind C{haproxy:} the session starts
+            once the PROXY header has been read, with the client's address.
         @param settings: L{Settings}; keyword C{overrides} replace fields.
         @param reactor: the reactor to listen with; the global one by default.
+        @param tls: certificates for STARTTLS and implicit TLS.
+        @param portal: the L{twisted.cred} portal for AUTH.
+        @param reloadOnSIGHUP: while running, reload the TLS files (and
+            checkers that can reload, such as SCRAM files) on SIGHUP; by
+            default, when there is something to reload.
         """
         super().__init__()
-        self.factory = ESMTPFactory(
-            handlerFactory,
-            settings,
-            clock=reactor,
-            **overrides,
-        )
         if reactor is None:
             from twisted.internet import reactor as globalReactor
 
             reactor = globalReactor
+        self._reactor = reactor
+        self.factory = ESMTPFactory(
+            handlerFactory, settings, clock=reactor, tls=tls, portal=portal, **overrides
+        )
+        self._reloadOnSIGHUP = (
+            reloadOnSIGHUP
+            if reloadOnSIGHUP is not None
+            else tls is not None or portal is not None
+        )
+        self._previousHandler: Any = None
         for description in ports:
-            endpoint = proxyServerFromString(reactor, description)
+            endpoint = serverFromDescription(reactor, description, tls)
             StreamServerEndpointService(endpoint, self.factory).setServiceParent(self)
+
+    def reload(self) -> None:
+        """
+        Read the TLS files and reloadable credential files again.
+        """
+        if self.factory.tls is not None:
+            self.factory.tls.reload()
+        authenticator = self.factory.authenticator
+        if authenticator is not None:
+            for checker in set(authenticator.portal.checkers.values()):
+                reload = getattr(checker, "reload", None)
+                if reload is None:
+                    continue
+                try:
+                    reload()
+                except Exception as e:
+                    log.error("credentials not reloaded: {error}", error=e)
+
+    def startService(self) -> None:
+        super().startService()
+        if self._reloadOnSIGHUP and hasattr(signal, "SIGHUP"):
+            try:
+                self._previousHandler = signal.signal(signal.SIGHUP, self._onSIGHUP)
+            except ValueError:  # not the main thread
+                self._reloadOnSIGHUP = False
+
+    def stopService(self) -> Any:
+        if self._reloadOnSIGHUP and hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._previousHandler or signal.SIG_DFL)
+        return super().stopService()
+
+    def _onSIGHUP(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self.reload)

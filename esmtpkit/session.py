@@ -8,6 +8,8 @@ L{Session.data} and L{Transaction.data}.
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,15 +18,34 @@ from twisted.internet.interfaces import IAddress
 
 __all__ = ["Recipient", "Session", "Transaction", "TLSInfo", "Params"]
 
-Params = dict[str, "str | None"]
-"""
-ESMTP parameters of a MAIL or RCPT command: upper-cased keyword to value,
-L{None} for a keyword without a value (C{SMTPUTF8}).
-"""
+
+class Params(dict[str, "str | None"]):
+    """
+    ESMTP parameters of a MAIL or RCPT command: upper-cased keyword to value,
+    L{None} for a keyword without a value (C{SMTPUTF8}). Values of known
+    parameters are checked and normalised (C{BODY}, C{RET} and C{NOTIFY}
+    upper-cased; C{ENVID} and C{ORCPT} decoded from xtext).
+
+    @ivar unknown: the keywords esmtpkit does not handle itself; the default
+        handler refuses them (555 5.5.4), a handler that understands them
+        may accept them.
+    """
+
+    unknown: frozenset[str] = frozenset()
+
+
+_idPrefix = ("", 0)
+_idCounter = itertools.count(1)
 
 
 def _newId() -> str:
-    return secrets.token_hex(6).upper()
+    # Unique across processes (a random prefix per process, renewed after a
+    # fork) and cheap: no system randomness per connection.
+    global _idPrefix
+    prefix, pid = _idPrefix
+    if pid != os.getpid():
+        prefix, pid = _idPrefix = (secrets.token_hex(3).upper(), os.getpid())
+    return f"{prefix}{next(_idCounter):06X}"
 
 
 @dataclass(frozen=True)
@@ -37,7 +58,7 @@ class Recipient:
     """
 
     address: str
-    params: Params = field(default_factory=dict)
+    params: Params = field(default_factory=Params)
 
     def __str__(self) -> str:
         return self.address
@@ -58,7 +79,7 @@ class TLSInfo:
     peerCertificate: Any = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Transaction:
     """
     One mail transaction: from an accepted MAIL to the end of the message,
@@ -80,7 +101,7 @@ class Transaction:
 
     id: str
     sender: str
-    mailParams: Params = field(default_factory=dict)
+    mailParams: Params = field(default_factory=Params)
     recipients: list[Recipient] = field(default_factory=list)
     headers: list[tuple[str, str]] = field(default_factory=list)
     rawHeaders: bytes = b""
@@ -88,7 +109,7 @@ class Transaction:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class Session:
     """
     The state of one SMTP connection.

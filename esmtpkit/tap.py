@@ -5,18 +5,25 @@ C{twistd esmtpkit}: command-line options and the service they describe.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.cred import strcred
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.logger import InvalidLogLevelError, LogLevel
 from twisted.python import usage
 from twisted.python.reflect import namedAny
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyClass
 
+from .auth import makePortal
 from .interfaces import IESMTPHandler
+from .scram import IScramSHA256Credentials, ScramFileChecker
 from .service import DEFAULT_PORT, ESMTPService
 from .settings import Settings
+from .tls import ServerTLS, TLSConfigurationError
 
 __all__ = ["Options", "makeService"]
 
@@ -28,22 +35,208 @@ def _size(text: str) -> int:
     A byte count: a whole number, optionally with K, M or G (binary units).
     """
     units = {"K": 1024, "M": 1024**2, "G": 1024**3}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    factor = units.get(text[-1:], 1)
-    number = text[:-1] if factor != 1 else text
+    normal = text.strip().upper().removesuffix("B").removesuffix("I")
+    factor = units.get(normal[-1:], 1)
+    number = normal[:-1] if factor != 1 else normal
     if not number.isdigit():
-        raise ValueError(f"{text!r} is not a size")
+        raise ValueError(f"{text!r} is not a size such as 65536 or 64K")
     return int(number) * factor
 
 
-_OPTION_OF = {
-    "hostname": "hostname",
-    "chunkSize": "chunk-size",
-    "maxMessageSize": "max-message-size",
+def _bytes(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text!r} is not a number of seconds")
+    return value
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _level(text: str) -> LogLevel:
+    try:
+        level: LogLevel = LogLevel.levelWithName(text.lower())
+    except InvalidLogLevelError:
+        raise ValueError(
+            f"{text!r} is not one of debug, info, warn, error, critical"
+        ) from None
+    return level
+
+
+# Options that set a field of Settings: (option, field, parser, default, help).
+_SETTINGS: list[tuple[str, str, Callable[[str], Any], str | None, str]] = [
+    (
+        "hostname",
+        "hostname",
+        str,
+        None,
+        "Server name in the greeting, replies and Received: headers "
+        "[default: this host's name].",
+    ),
+    (
+        "chunk-size",
+        "chunkSize",
+        _size,
+        "64K",
+        "Largest BODY chunk handed to the handler (bytes; K/M suffixes).",
+    ),
+    (
+        "max-message-size",
+        "maxMessageSize",
+        _size,
+        "32M",
+        "Largest message accepted, advertised as SIZE (bytes; K/M/G suffixes; "
+        "0 for no limit).",
+    ),
+    (
+        "max-line-length",
+        "maxLineLength",
+        _size,
+        "2048",
+        "Longest command line in bytes (at least 510); longer gets 500 5.5.6.",
+    ),
+    (
+        "max-header-size",
+        "maxHeaderSize",
+        _size,
+        "256K",
+        "Largest header section of a message in bytes; larger gets 552 5.3.4.",
+    ),
+    (
+        "max-recipients",
+        "maxRecipients",
+        _count,
+        "1000",
+        "Recipients per transaction (advertised as LIMITS RCPTMAX); more get "
+        "452 4.5.3.",
+    ),
+    (
+        "idle-timeout",
+        "idleTimeout",
+        _seconds,
+        "300",
+        "Seconds a client may stay silent; then 421 4.4.2.",
+    ),
+    (
+        "min-data-rate",
+        "minDataRate",
+        _count,
+        "500",
+        "Bytes per second a message must arrive at, after the first "
+        "idle-timeout seconds; slower gets 421 4.4.2 (0: off).",
+    ),
+    (
+        "hook-timeout",
+        "hookTimeout",
+        _seconds,
+        "60",
+        "Seconds a handler hook may take; then the client gets 451 4.3.0 "
+        "(0: no limit).",
+    ),
+    (
+        "bare-lf",
+        "bareLineEndings",
+        str,
+        "reject",
+        "Bare LF or CR in commands and DATA: 'reject' (500/550 5.5.2) or "
+        "'normalize' (LF taken as CRLF, CR dropped).",
+    ),
+    (
+        "soft-error-limit",
+        "softErrorLimit",
+        _count,
+        "10",
+        "Error replies after which each further error slows the client down.",
+    ),
+    (
+        "hard-error-limit",
+        "hardErrorLimit",
+        _count,
+        "20",
+        "Error replies after which the client gets 421 4.7.0 and is disconnected.",
+    ),
+    (
+        "error-delay",
+        "errorDelay",
+        _seconds,
+        "1",
+        "Delay step, in seconds, past the soft error limit.",
+    ),
+    (
+        "max-connections",
+        "maxConnections",
+        _count,
+        "1000",
+        "Connections served at once; more get 421 4.7.0 (0: no limit).",
+    ),
+    (
+        "max-connections-per-ip",
+        "maxConnectionsPerPeer",
+        _count,
+        "50",
+        "Connections served at once from one IP address; more get 421 4.7.0 "
+        "(0: no limit).",
+    ),
+    (
+        "connection-limit-exempt",
+        "connectionLimitExempt",
+        _networks,
+        "127.0.0.0/8,::1/128",
+        "Comma-separated networks the per-IP limit does not apply to.",
+    ),
+    (
+        "greeting-delay",
+        "greetingDelay",
+        _seconds,
+        "0",
+        "Seconds to wait before the greeting; a client that talks first gets "
+        "554 5.5.0.",
+    ),
+    (
+        "max-auth-failures",
+        "maxAuthFailures",
+        _count,
+        "3",
+        "Failed AUTH attempts per connection before 421 4.7.0 (0: no limit).",
+    ),
+    (
+        "log-level",
+        "logLevel",
+        _level,
+        "info",
+        "Least severe esmtpkit event to log: debug (every reply), info "
+        "(connections and messages), warn, error or critical.",
+    ),
+]
+
+# EHLO keywords that --disable-extension turns off, and their Settings field.
+_EXTENSIONS = {
+    "PIPELINING": "pipelining",
+    "SIZE": "size",
+    "8BITMIME": "eightBitMIME",
+    "SMTPUTF8": "smtputf8",
+    "ENHANCEDSTATUSCODES": "enhancedStatusCodes",
+    "CHUNKING": "chunking",
+    "BINARYMIME": "binaryMIME",
+    "DSN": "dsn",
+    "LIMITS": "limits",
 }
 
+_OPTION_OF = {field: option for option, field, _, _, _ in _SETTINGS}
 
-class Options(usage.Options):
+
+class Options(usage.Options, strcred.AuthOptionMixin):
     """
     Options of C{twistd esmtpkit}.
     """
@@ -58,17 +251,26 @@ class Options(usage.Options):
 
     optParameters = [
         [
+            "tls-cert",
+            None,
+            None,
+            "PEM file with the certificate (then any chain) for STARTTLS and "
+            "ssl: listeners.",
+        ],
+        ["tls-key", None, None, "PEM file with the private key [default: --tls-cert]."],
+        ["tls-min-version", None, "1.2", "Lowest TLS version: 1.2 or 1.3."],
+        [
+            "tls-client-ca",
+            None,
+            None,
+            "PEM file of CAs; clients may present a certificate signed by one "
+            "(verified, then shown to the handler).",
+        ],
+        [
             "handler",
             None,
             DEFAULT_HANDLER,
             "Dotted name of the handler class or factory.",
-        ],
-        [
-            "hostname",
-            None,
-            None,
-            "Server name in the greeting, replies and Received: headers "
-            "[default: this host's name].",
         ],
         [
             "maildir",
@@ -76,31 +278,42 @@ class Options(usage.Options):
             "Maildir",
             "Maildir folder of the Maildir handler (created if missing).",
         ],
+    ] + [[option, None, default, text] for option, _, _, default, text in _SETTINGS]
+
+    optFlags = [
         [
-            "chunk-size",
+            "no-enforce-sync",
             None,
-            "64K",
-            "Largest BODY chunk handed to the handler (bytes; K/M suffixes).",
+            "Do not disconnect clients that talk before the greeting or pipeline "
+            "without PIPELINING (554 5.5.0).",
         ],
         [
-            "max-message-size",
+            "require-tls",
             None,
-            "32M",
-            "Largest message accepted, advertised as SIZE (bytes; K/M/G "
-            "suffixes; 0 for no limit).",
+            "Refuse MAIL and AUTH (530 5.7.0) until the client has started TLS.",
         ],
         [
-            "log-level",
+            "allow-insecure-auth",
             None,
-            "info",
-            "Least severe esmtpkit event to log: debug (every reply), info "
-            "(connections and messages), warn, error or critical.",
+            "Offer and accept AUTH without TLS (credentials in the clear).",
+        ],
+        [
+            "require-auth",
+            None,
+            "Refuse MAIL (530 5.7.0) until the client has authenticated.",
         ],
     ]
+
+    supportedInterfaces = (
+        IUsernamePassword,
+        IUsernameHashedPassword,
+        IScramSHA256Credentials,
+    )
 
     def __init__(self) -> None:
         super().__init__()
         self["ports"] = []
+        self["disabled-extensions"] = []
 
     def opt_port(self, description: str) -> None:
         self["ports"].append(description)
@@ -113,34 +326,90 @@ class Options(usage.Options):
 
     opt_p = opt_port
 
+    def opt_disable_extension(self, keyword: str) -> None:
+        name = keyword.upper()
+        if name not in _EXTENSIONS:
+            raise usage.UsageError(
+                f"--disable-extension: {keyword!r} is not one of "
+                + ", ".join(_EXTENSIONS)
+            )
+        self["disabled-extensions"].append(name)
+
+    opt_disable_extension.__doc__ = (
+        "Do not offer this EHLO extension, repeatable: " + ", ".join(_EXTENSIONS) + "."
+    )
+
+    def opt_auth(self, description: str) -> None:
+        if description.startswith("scram-file:"):
+            try:
+                self.addChecker(ScramFileChecker(description[len("scram-file:") :]))
+            except ValueError as e:
+                raise usage.UsageError(f"--auth {description}: {e}") from None
+            return
+        try:
+            super().opt_auth(description)
+        except Exception as e:
+            raise usage.UsageError(f"--auth {description}: {e}") from None
+        checker = self["credCheckers"][-1]
+        if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
+            # strcred's memory: checker keeps text, but SASL gives bytes.
+            checker.users = {
+                _bytes(user): _bytes(password)
+                for user, password in checker.users.items()
+            }
+
+    opt_auth.__doc__ = (
+        "Check AUTH credentials with this twisted.cred checker, repeatable: "
+        "file:PATH, memory:USER:PASS, unix, ... (see --help-auth), or "
+        "scram-file:PATH (SCRAM-SHA-256 verifiers; make lines with "
+        "python -m esmtpkit scram USER)."
+    )
+
     def postOptions(self) -> None:
         if not self["ports"]:
             self["ports"] = [DEFAULT_PORT]
         self["settings"] = self._settings()
+        self["tls"] = self._tls()
+        checkers = self.get("credCheckers") or []
+        self["portal"] = makePortal(checkers) if checkers else None
+        if self["require-auth"] and self["portal"] is None:
+            raise usage.UsageError("--require-auth needs --auth")
         self["handlerFactory"] = self._handlerFactory()
         self._checkPorts()
 
+    def _tls(self) -> ServerTLS | None:
+        if self["tls-cert"] is None:
+            for option in ("tls-key", "tls-client-ca"):
+                if self[option] is not None:
+                    raise usage.UsageError(f"--{option} needs --tls-cert")
+            if self["require-tls"]:
+                raise usage.UsageError("--require-tls needs --tls-cert")
+            return None
+        try:
+            return ServerTLS(
+                self["tls-cert"],
+                self["tls-key"],
+                str(self["tls-min-version"]),
+                self["tls-client-ca"],
+            )
+        except TLSConfigurationError as e:
+            raise usage.UsageError(f"--tls-cert/--tls-key: {e}") from None
+
     def _settings(self) -> Settings:
         values: dict[str, Any] = {}
-        for option, name in (
-            ("chunk-size", "chunkSize"),
-            ("max-message-size", "maxMessageSize"),
-        ):
+        for option, name, parse, _, _ in _SETTINGS:
+            if self[option] is None:
+                continue
             try:
-                values[name] = _size(str(self[option]))
-            except ValueError:
-                raise usage.UsageError(
-                    f"--{option}: {self[option]!r} is not a size such as 65536 or 64K"
-                ) from None
-        try:
-            values["logLevel"] = LogLevel.levelWithName(str(self["log-level"]).lower())
-        except InvalidLogLevelError:
-            raise usage.UsageError(
-                f"--log-level: {self['log-level']!r} is not one of "
-                "debug, info, warn, error, critical"
-            ) from None
-        if self["hostname"]:
-            values["hostname"] = self["hostname"]
+                values[name] = parse(str(self[option]))
+            except ValueError as e:
+                raise usage.UsageError(f"--{option}: {e}") from None
+        for keyword in self["disabled-extensions"]:
+            values[_EXTENSIONS[keyword]] = False
+        values["enforceSync"] = not self["no-enforce-sync"]
+        values["requireTLS"] = bool(self["require-tls"])
+        values["allowInsecureAuth"] = bool(self["allow-insecure-auth"])
+        values["requireAuth"] = bool(self["require-auth"])
         try:
             return Settings(**values)
         except ValueError as e:
@@ -188,11 +457,11 @@ class Options(usage.Options):
     def _checkPorts(self) -> None:
         from twisted.internet import reactor
 
-        from .proxy import proxyServerFromString
+        from .endpoints import serverFromDescription
 
         for description in self["ports"]:
             try:
-                proxyServerFromString(reactor, description)
+                serverFromDescription(reactor, description, self["tls"])
             except Exception as e:
                 raise usage.UsageError(
                     f"--port {description}: {type(e).__name__}: {e}"
@@ -204,5 +473,9 @@ def makeService(options: Options) -> IService:
     The service that C{twistd esmtpkit} runs.
     """
     return ESMTPService(
-        options["handlerFactory"], options["ports"], options["settings"]
+        options["handlerFactory"],
+        options["ports"],
+        options["settings"],
+        tls=options["tls"],
+        portal=options["portal"],
     )

@@ -10,16 +10,28 @@ with Deferreds fired later by the test, and as C{async def} coroutines, with
 the default and with tiny chunk sizes. Every run must give the same hook calls
 (consecutive BODY chunks joined) and the same server output bytes, and both
 must match a model of the session written independently of the parser.
+
+Feeding a whole session at once breaks RFC 2920 (the client must wait after
+EHLO and DATA), so those runs turn C{enforceSync} off; one more property
+feeds the same sessions as a correct client would, with C{enforceSync} on.
+Messages may hold bare CR and LF: each run draws the bare line ending
+policy, and the model knows what each does (C{normalize}: the handler sees
+the message with bare LF made CRLF and bare CR dropped; C{reject}: the
+message is refused with 550 after its end, ABORT instead of EOM, and the
+handler never saw a bare line ending). How much content a refused message
+delivered before its refusal may depend on the reads, so comparisons
+between runs leave those content calls out (L{stable}).
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
@@ -261,6 +273,12 @@ class AsyncRecordingHandler:
     async def UNKNOWN(self, line: str) -> Any:
         return await self._hook("UNKNOWN", (line,))
 
+    async def STARTTLS(self) -> Any:
+        return await self._hook("STARTTLS", ())
+
+    async def AUTH(self, identity: str) -> Any:
+        return await self._hook("AUTH", (identity,))
+
     async def DISCONNECT(self) -> Any:
         return await self._hook("DISCONNECT", ())
 
@@ -292,6 +310,69 @@ class Message:
         if self.data and not self.data.endswith(b"\r\n"):
             return self.data + b"\r\n"
         return self.data
+
+    @property
+    def bare(self) -> bool:
+        """
+        Whether the message holds a bare CR or a bare LF.
+        """
+        return hasBareLineEnding(self.received)
+
+    def underPolicy(self, policy: str) -> Message | Rejected:
+        """
+        What the handler must get under the bare line ending C{policy}:
+        this message, the message with its line endings normalised (the
+        header calls are then not predicted, only the bytes), or a
+        L{Rejected} refusal.
+        """
+        if not self.bare:
+            return self
+        if policy == "reject":
+            return Rejected(self)
+        return Message(normalizedLineEndings(self.received))
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """
+    A message refused for its bare line endings: some content calls (a
+    prefix of the message without bare line endings), then ABORT, and a
+    550 5.5.2 after its end.
+    """
+
+    message: Message
+
+
+BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+def hasBareLineEnding(data: bytes) -> bool:
+    """
+    Whether C{data} holds a CR not followed by LF or an LF not preceded by
+    CR.
+    """
+    return BARE.search(data) is not None
+
+
+def normalizedLineEndings(data: bytes) -> bytes:
+    """
+    C{data} with each bare LF made CRLF and each bare CR dropped (CRLF
+    kept), byte by byte.
+    """
+    out = bytearray()
+    index = 0
+    while index < len(data):
+        byte = data[index]
+        if data[index : index + 2] == b"\r\n":
+            out += b"\r\n"
+            index += 2
+            continue
+        if byte == 0x0A:
+            out += b"\r\n"
+        elif byte != 0x0D:
+            out.append(byte)
+        index += 1
+    return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -326,21 +407,52 @@ class SMTPSession:
                 out.append(dotStuff(step.message.data))
         return b"".join(out)
 
-    def expectedCalls(self) -> list[Call | Message]:
+    def segments(self) -> list[bytes]:
         """
-        The hook calls of the session, with a L{Message} standing for the
-        HEADER/EOH/BODY calls of each message.
+        The bytes the client sends, cut where a correct client waits for
+        replies (RFC 2920): after HELO, EHLO and DATA, and, without
+        PIPELINING (after HELO), after every command and message.
         """
-        expected: list[Call | Message] = [("CONNECT", ())]
+        out: list[bytes] = []
+        current = b""
+        esmtp = False
+        for step in self.steps:
+            current += step.line + b"\r\n"
+            verb = step.line.split(b" ", 1)[0].upper()
+            if verb in (b"EHLO", b"HELO"):
+                esmtp = verb == b"EHLO"
+            if verb in (b"EHLO", b"HELO", b"DATA") or not esmtp:
+                out.append(current)
+                current = b""
+            if step.message is not None:
+                current += dotStuff(step.message.data)
+                if not esmtp:
+                    out.append(current)
+                    current = b""
+        if current:
+            out.append(current)
+        return out
+
+    def expectedCalls(self, policy: str) -> list[Call | Message | Rejected]:
+        """
+        The hook calls of the session under the bare line ending C{policy},
+        with a L{Message} standing for the HEADER/EOH/BODY calls of each
+        message and a L{Rejected} for those of a refused message.
+        """
+        expected: list[Call | Message | Rejected] = [("CONNECT", ())]
         for step in self.steps:
             expected.extend(step.calls)
             if step.message is not None:
-                expected.append(step.message)
-                expected.append(("EOM", ()))
+                message = step.message.underPolicy(policy)
+                expected.append(message)
+                if isinstance(message, Rejected):
+                    expected.append(("ABORT", ()))
+                else:
+                    expected.append(("EOM", ()))
         expected.append(("DISCONNECT", ()))
         return expected
 
-    def expectedCodes(self) -> list[int]:
+    def expectedCodes(self, policy: str) -> list[int]:
         """
         The reply codes, greeting first.
         """
@@ -348,7 +460,10 @@ class SMTPSession:
         for step in self.steps:
             codes.extend(step.codes)
             if step.message is not None:
-                codes.append(EOM_REPLY.code)
+                if isinstance(step.message.underPolicy(policy), Rejected):
+                    codes.append(550)
+                else:
+                    codes.append(EOM_REPLY.code)
         return codes
 
 
@@ -383,6 +498,16 @@ AWKWARD_LINES = [
     b"\tindented",
     b"\xff\xfe\x80",
 ]
+
+# Near misses of <CR><LF>.<CR><LF> that a client's dot-stuffing leaves alone
+# (it only doubles a dot after CRLF), and what a smuggler puts after them.
+NEAR_MISSES = [b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r.\r\n", b"\n.", b"\n\n.\r\n"]
+SMUGGLED = (
+    b"MAIL FROM:<evil@example.org>\r\n"
+    b"RCPT TO:<victim@example.net>\r\n"
+    b"DATA\r\n"
+    b"Subject: smuggled\r\n"
+)
 
 bodyLines = st.one_of(
     st.sampled_from(AWKWARD_LINES),
@@ -425,10 +550,17 @@ def headerFields(draw: Any) -> tuple[bytes, tuple[str, str]]:
 def messages(draw: Any) -> Message:
     """
     A message: known headers, a blank line and a body; known headers only;
-    or arbitrary lines (which may or may not look like headers).
+    arbitrary lines (which may or may not look like headers); or a
+    smuggling attempt (a near-miss end-of-data marker, after the headers or
+    in the body, then a second envelope).
     """
-    kind = draw(st.sampled_from(["full", "headersOnly", "lines"]))
+    kind = draw(st.sampled_from(["full", "headersOnly", "lines", "smuggle"]))
     endsWithCRLF = draw(st.booleans())
+    if kind == "smuggle":
+        fields = draw(st.lists(headerFields(), max_size=2))
+        head = b"".join(lines + b"\r\n" for lines, _ in fields)
+        before = draw(st.sampled_from([b"", b"\r\n", b"\r\nbody\r\n", b"x"]))
+        return Message(head + before + draw(st.sampled_from(NEAR_MISSES)) + SMUGGLED)
     if kind == "lines":
         lines = draw(st.lists(bodyLines, max_size=12))
         data = b"\r\n".join(lines) + (b"\r\n" if endsWithCRLF and lines else b"")
@@ -566,6 +698,13 @@ class Run:
         return normalize(self.calls)
 
     @property
+    def stable(self) -> list[Call]:
+        """
+        L{normalized}, without the content calls of refused messages.
+        """
+        return stable(self.calls)
+
+    @property
     def bodyChunks(self) -> list[bytes]:
         return [args[0] for name, args in self.calls if name == "BODY"]
 
@@ -580,6 +719,24 @@ def normalize(calls: list[Call]) -> list[Call]:
             out[-1] = ("BODY", (out[-1][1][0] + args[0],))
         else:
             out.append((name, args))
+    return out
+
+
+CONTENT_HOOKS = ("HEADER", "EOH", "BODY")
+
+
+def stable(calls: list[Call]) -> list[Call]:
+    """
+    C{calls} normalised, with the content calls (HEADER, EOH, BODY) right
+    before an ABORT left out: how much of a refused message reached the
+    handler before the refusal may depend on how the bytes were read.
+    """
+    out: list[Call] = []
+    for call in normalize(calls):
+        if call[0] == "ABORT":
+            while out and out[-1][0] in CONTENT_HOOKS:
+                out.pop()
+        out.append(call)
     return out
 
 
@@ -608,9 +765,13 @@ def feed(
     Feed C{chunks} (one read each) to a fresh in-memory server whose handler
     records its calls; fire pending hook Deferreds after a read when
     C{drainAfter} (used in turn) says so, and at the end.
+
+    The client does not wait for replies, so C{enforceSync} is off unless
+    C{overrides} say otherwise.
     """
     calls: list[Call] = []
     gate = Gate(modes)
+    overrides.setdefault("enforceSync", False)
     conn = SMTPTestConnection(lambda: handlerClass(calls, gate), **overrides)
     gate.drain()  # a well-behaved client waits for the greeting
     for index, chunk in enumerate(chunks):
@@ -624,17 +785,21 @@ def feed(
 # -- checking a run against the model ---------------------------------------
 
 
-def checkModel(session: SMTPSession, run: Run) -> None:
+def checkModel(session: SMTPSession, run: Run, policy: str) -> None:
     """
-    Check a run against the session model: the exact hook calls (messages
-    recovered byte for byte), the reply codes, and a closed connection.
+    Check a run against the session model under the bare line ending
+    C{policy}: the exact hook calls (messages recovered byte for byte), the
+    reply codes, and a closed connection.
     """
     actual = run.normalized
-    expected = session.expectedCalls()
+    expected = session.expectedCalls(policy)
     position = 0
     for item in expected:
         if isinstance(item, Message):
             position = _checkMessage(item, actual, position)
+            continue
+        if isinstance(item, Rejected):
+            position = _checkRejected(item.message, actual, position)
             continue
         assert position < len(actual), f"missing call {item!r}; calls: {actual!r}"
         assert actual[position] == item, (
@@ -645,7 +810,10 @@ def checkModel(session: SMTPSession, run: Run) -> None:
 
     replies, rest = parseReplies(run.output)
     assert rest == b""
-    assert [r.code for r in replies] == session.expectedCodes()
+    assert [r.code for r in replies] == session.expectedCodes(policy)
+    for reply in replies:
+        if reply.code == 550:
+            assert reply.enhanced == "5.5.2", reply
     assert run.conn.closed
     assert not run.gate.overlapping, "a hook was called while another was pending"
     assert not run.gate.pending
@@ -679,73 +847,201 @@ def _checkMessage(message: Message, actual: list[Call], position: int) -> int:
     return position
 
 
+def _checkRejected(message: Message, actual: list[Call], position: int) -> int:
+    """
+    Match the content calls of a message refused for a bare line ending,
+    starting at C{actual[position]} and up to (not including) the ABORT
+    that must follow them: HEADER*, then possibly EOH and BODY, giving a
+    prefix of the message that holds no bare line ending. Return the
+    position of the ABORT.
+    """
+    headers = []
+    while position < len(actual) and actual[position][0] == "HEADER":
+        headers.append(actual[position][1])
+        position += 1
+    if message.headers is not None:
+        assert tuple(headers) == message.headers[: len(headers)], headers
+    if position < len(actual) and actual[position][0] == "EOH":
+        delivered = actual[position][1][0]
+        position += 1
+        if position < len(actual) and actual[position][0] == "BODY":
+            delivered += actual[position][1][0]
+            position += 1
+        assert message.received.startswith(delivered), (
+            f"refused message: {delivered!r} is not a prefix of {message.received!r}"
+        )
+        assert not hasBareLineEnding(delivered), delivered
+    assert position < len(actual) and actual[position] == ("ABORT", ()), (
+        f"expected ABORT after a refused message at {position}: {actual[position:]!r}"
+    )
+    return position
+
+
 # -- the properties -----------------------------------------------------------
 
+policies = st.sampled_from(["reject", "normalize"])
+
 sizeLists = st.lists(st.integers(1, 64), min_size=1, max_size=40)
+modeLists = st.lists(st.sampled_from(["now", "fired", "later"]), min_size=1, max_size=8)
+drainLists = st.lists(st.booleans(), min_size=1, max_size=8)
+
+
+def _smuggling(data: bytes) -> SMTPSession:
+    """
+    EHLO, one transaction whose message is C{data}, QUIT.
+    """
+    return SMTPSession(
+        (
+            Step(b"EHLO c.example", (("EHLO", ("c.example",)),), (250,)),
+            Step(b"MAIL FROM:<>", (("MAIL", ("", ())),), (250,)),
+            Step(
+                b"RCPT TO:<carol@example.net>",
+                (("RCPT", ("carol@example.net", ())),),
+                (250,),
+            ),
+            Step(b"DATA", (("DATA", ()),), (354,), Message(data)),
+            Step(b"QUIT", (("QUIT", ()),), (221,)),
+        )
+    )
 
 
 @BOUNDED
-@given(session=sessions(), sizes=sizeLists)
-def test_splitsDoNotMatter(session: SMTPSession, sizes: list[int]) -> None:
+@given(session=sessions(), sizes=sizeLists, policy=policies)
+# A near miss right where the header section ends (a bare-LF blank line).
+@example(session=_smuggling(b"\n." + SMUGGLED), sizes=[1], policy="normalize")
+@example(
+    session=_smuggling(b"A: b\r\n\n.\r\n" + SMUGGLED), sizes=[3], policy="normalize"
+)
+@example(session=_smuggling(b"junk\n.\r\n" + SMUGGLED), sizes=[5], policy="normalize")
+@example(session=_smuggling(b"\n.\r\n" + SMUGGLED), sizes=[2], policy="reject")
+def test_splitsDoNotMatter(session: SMTPSession, sizes: list[int], policy: str) -> None:
     """
     All at once, byte by byte and in random pieces, a session gives the same
     hook calls and server output, and they match the model (messages
     recovered exactly after dot-stuffing).
     """
     wire = session.wire()
-    whole = feed([wire])
-    checkModel(session, whole)
-    byteByByte = feed(pieces(wire, [1]))
-    assert byteByByte.normalized == whole.normalized
+    whole = feed([wire], bareLineEndings=policy)
+    checkModel(session, whole, policy)
+    byteByByte = feed(pieces(wire, [1]), bareLineEndings=policy)
+    checkModel(session, byteByByte, policy)
+    assert byteByByte.stable == whole.stable
     assert byteByByte.output == whole.output
-    split = feed(pieces(wire, sizes))
-    assert split.normalized == whole.normalized
+    split = feed(pieces(wire, sizes), bareLineEndings=policy)
+    checkModel(session, split, policy)
+    assert split.stable == whole.stable
     assert split.output == whole.output
 
 
-modeLists = st.lists(st.sampled_from(["now", "fired", "later"]), min_size=1, max_size=8)
-drainLists = st.lists(st.booleans(), min_size=1, max_size=8)
+@SMALLER
+@given(
+    session=sessions(),
+    sizes=sizeLists,
+    modes=modeLists,
+    drainAfter=drainLists,
+    policy=policies,
+)
+def test_correctClient(
+    session: SMTPSession,
+    sizes: list[int],
+    modes: list[str],
+    drainAfter: list[bool],
+    policy: str,
+) -> None:
+    """
+    A client that waits for replies where RFC 2920 says it must (after
+    HELO, EHLO and DATA; after everything without PIPELINING), in random
+    pieces, is never taken for one that breaks synchronization
+    (C{enforceSync} on) and gets the same calls and output as the whole
+    session fed at once with C{enforceSync} off.
+    """
+    reference = feed([session.wire()], bareLineEndings=policy)
+    calls: list[Call] = []
+    gate = Gate(modes)
+    conn = SMTPTestConnection(
+        lambda: RecordingHandler(calls, gate),
+        bareLineEndings=policy,
+        enforceSync=True,
+    )
+    gate.drain()
+    count = 0
+    for segment in session.segments():
+        for chunk in pieces(segment, sizes):
+            conn.send(chunk)
+            if drainAfter[count % len(drainAfter)]:
+                gate.drain()
+            count += 1
+        gate.drain()  # the client waits for the replies
+    run = Run(calls, conn.transport.value(), conn, gate)
+    checkModel(session, run, policy)
+    assert b"5.5.0" not in run.output
+    assert run.stable == reference.stable
+    assert run.output == reference.output
 
 
 @SMALLER
-@given(session=sessions(), sizes=sizeLists, modes=modeLists, drainAfter=drainLists)
+@given(
+    session=sessions(),
+    sizes=sizeLists,
+    modes=modeLists,
+    drainAfter=drainLists,
+    policy=policies,
+)
 def test_deferredHooks(
-    session: SMTPSession, sizes: list[int], modes: list[str], drainAfter: list[bool]
+    session: SMTPSession,
+    sizes: list[int],
+    modes: list[str],
+    drainAfter: list[bool],
+    policy: str,
 ) -> None:
     """
     Hooks that answer with Deferreds fired later by the test (more input may
     arrive meanwhile) give the same calls and output as synchronous hooks.
     """
     wire = session.wire()
-    reference = feed([wire])
-    run = feed(pieces(wire, sizes), modes=modes, drainAfter=drainAfter)
-    checkModel(session, run)
-    assert run.normalized == reference.normalized
+    reference = feed([wire], bareLineEndings=policy)
+    run = feed(
+        pieces(wire, sizes), modes=modes, drainAfter=drainAfter, bareLineEndings=policy
+    )
+    checkModel(session, run, policy)
+    assert run.stable == reference.stable
     assert run.output == reference.output
-    allAtOnce = feed([wire], modes=modes, drainAfter=drainAfter)
-    assert allAtOnce.normalized == reference.normalized
+    allAtOnce = feed([wire], modes=modes, drainAfter=drainAfter, bareLineEndings=policy)
+    checkModel(session, allAtOnce, policy)
+    assert allAtOnce.stable == reference.stable
     assert allAtOnce.output == reference.output
 
 
 @SMALLER
-@given(session=sessions(), sizes=sizeLists, modes=modeLists, drainAfter=drainLists)
+@given(
+    session=sessions(),
+    sizes=sizeLists,
+    modes=modeLists,
+    drainAfter=drainLists,
+    policy=policies,
+)
 def test_asyncHooks(
-    session: SMTPSession, sizes: list[int], modes: list[str], drainAfter: list[bool]
+    session: SMTPSession,
+    sizes: list[int],
+    modes: list[str],
+    drainAfter: list[bool],
+    policy: str,
 ) -> None:
     """
     C{async def} hooks that await Deferreds fired later give the same calls
     and output as synchronous hooks.
     """
     wire = session.wire()
-    reference = feed([wire])
+    reference = feed([wire], bareLineEndings=policy)
     run = feed(
         pieces(wire, sizes),
         handlerClass=AsyncRecordingHandler,
         modes=modes,
         drainAfter=drainAfter,
+        bareLineEndings=policy,
     )
-    checkModel(session, run)
-    assert run.normalized == reference.normalized
+    checkModel(session, run, policy)
+    assert run.stable == reference.stable
     assert run.output == reference.output
 
 
@@ -755,19 +1051,24 @@ def test_asyncHooks(
     sizes=sizeLists,
     chunkSize=st.integers(1, 16),
     modes=modeLists,
+    policy=policies,
 )
 def test_smallChunkSize(
-    session: SMTPSession, sizes: list[int], chunkSize: int, modes: list[str]
+    session: SMTPSession,
+    sizes: list[int],
+    chunkSize: int,
+    modes: list[str],
+    policy: str,
 ) -> None:
     """
     With a tiny chunk size, BODY chunks never exceed it, and the calls (BODY
     joined) and output are the same as with the default chunk size.
     """
     wire = session.wire()
-    reference = feed([wire])
+    reference = feed([wire], bareLineEndings=policy)
     for chunks in ([wire], pieces(wire, sizes)):
-        run = feed(chunks, modes=modes, chunkSize=chunkSize)
-        checkModel(session, run)
+        run = feed(chunks, modes=modes, chunkSize=chunkSize, bareLineEndings=policy)
+        checkModel(session, run, policy)
         assert all(len(chunk) <= chunkSize for chunk in run.bodyChunks)
-        assert run.normalized == reference.normalized
+        assert run.stable == reference.stable
         assert run.output == reference.output

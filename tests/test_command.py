@@ -8,13 +8,14 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from esmtpkit.command import (
-    MAIL_PARAMETERS,
     checkMailbox,
     parseParams,
     parsePath,
     splitCommand,
 )
+from esmtpkit.params import checkMailParams, checkRcptParams
 from esmtpkit.reply import Reply, ReplyError
+from esmtpkit.settings import Settings
 
 MISSING = Reply(501, "path missing", enhanced="5.5.4")
 
@@ -315,6 +316,21 @@ class CheckMailboxTests(SynchronousTestCase):
 
     def test_knownParameters(self) -> None:
         """
-        esmtpkit itself knows SIZE, BODY and SMTPUTF8 on MAIL.
+        esmtpkit itself knows SIZE, BODY, SMTPUTF8 and (with DSN) RET and
+        ENVID on MAIL, NOTIFY and ORCPT on RCPT; the rest is marked unknown.
         """
-        self.assertEqual(MAIL_PARAMETERS, {"SIZE", "BODY", "SMTPUTF8"})
+        mail = checkMailParams(
+            parseParams("SIZE=1 BODY=8bitmime SMTPUTF8 RET=FULL ENVID=x X-Y=1 Z"),
+            Settings(),
+            True,
+        )
+        self.assertEqual(mail.unknown, {"X-Y", "Z"})
+        rcpt = checkRcptParams(
+            parseParams("NOTIFY=NEVER ORCPT=rfc822;a@b.c X-Y=1"),
+            Settings(),
+            True,
+            False,
+        )
+        self.assertEqual(rcpt.unknown, {"X-Y"})
+        noDSN = checkMailParams(parseParams("RET=FULL"), Settings(dsn=False), True)
+        self.assertEqual(noDSN.unknown, {"RET"})

@@ -12,10 +12,30 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyClass, verifyObject
 
 from esmtpkit import ESMTPHandler, IESMTPHandler, Reply, Session
+from esmtpkit.command import parseParams
 from esmtpkit.handler import defaultReply
 from esmtpkit.handlers import Sink
+from esmtpkit.params import checkMailParams, checkRcptParams
+from esmtpkit.session import Params
+from esmtpkit.settings import Settings
 
 HOOKS_WITHOUT_REPLY = ("HEADER", "EOH", "BODY", "ABORT", "DISCONNECT")
+
+SETTINGS = Settings(hostname="mx.example.test")
+
+
+def mailParams(text: str) -> Params:
+    """
+    MAIL parameters parsed and checked as the protocol does (after EHLO).
+    """
+    return checkMailParams(parseParams(text), SETTINGS, True)
+
+
+def rcptParams(text: str) -> Params:
+    """
+    RCPT parameters parsed and checked as the protocol does (after EHLO).
+    """
+    return checkRcptParams(parseParams(text), SETTINGS, True, False)
 
 
 def makeHandler(cls: type[ESMTPHandler] = ESMTPHandler) -> Any:
@@ -53,13 +73,15 @@ class InterfaceTests(SynchronousTestCase):
 
     def test_everyHookDeclared(self) -> None:
         """
-        The interface declares all nineteen hooks and the two attributes.
+        The interface declares all twenty-one hooks (the seventeen of the
+        seed, ABORT and DISCONNECT, and STARTTLS and AUTH for issue 5) and
+        the two attributes.
         """
         names = set(IESMTPHandler.names())
         hooks = {
             "CONNECT", "HELO", "EHLO", "MAIL", "RCPT", "DATA", "HEADER", "EOH",
             "BODY", "EOM", "RSET", "NOOP", "VRFY", "EXPN", "HELP", "QUIT",
-            "UNKNOWN", "ABORT", "DISCONNECT",
+            "UNKNOWN", "ABORT", "DISCONNECT", "STARTTLS", "AUTH",
         }  # fmt: skip
         self.assertEqual(names, hooks | {"session", "disconnect"})
 
@@ -100,25 +122,39 @@ class DefaultReplyTests(SynchronousTestCase):
 
     def test_mail(self) -> None:
         """
-        MAIL: 250 2.1.0 naming the sender; unknown parameters 555 5.5.4.
+        MAIL: 250 2.1.0 naming the sender; parameters that esmtpkit.params
+        marked unknown get 555 5.5.4 naming the first of them, known ones
+        are accepted.
         """
-        reply = self.handler.MAIL("a@example.org", {"SIZE": "10"})
+        reply = self.handler.MAIL("a@example.org", mailParams("SIZE=10 BODY=8BITMIME"))
         self.assertEqual((reply.code, reply.enhanced), (250, "2.1.0"))
         self.assertIn("a@example.org", reply.text)
-        reply = self.handler.MAIL("a@example.org", {"XFOO": None})
+        reply = self.handler.MAIL("a@example.org", mailParams("SIZE=10 XFOO"))
         self.assertEqual((reply.code, reply.enhanced), (555, "5.5.4"))
         self.assertIn("XFOO", reply.text)
+        self.assertNotIn("SIZE", reply.text)
+
+    def test_mailPlainDict(self) -> None:
+        """
+        Only C{Params.unknown} decides what is unknown: a plain dict (never
+        checked by esmtpkit.params) is accepted whatever its keys.
+        """
+        reply = self.handler.MAIL("a@example.org", {"XFOO": None})
+        self.assertEqual((reply.code, reply.enhanced), (250, "2.1.0"))
 
     def test_rcpt(self) -> None:
         """
-        RCPT: 250 2.1.5 naming the recipient; any parameter 555.
+        RCPT: 250 2.1.5 naming the recipient; DSN parameters are accepted,
+        unknown ones get 555 5.5.4 naming the parameter.
         """
-        reply = self.handler.RCPT("b@example.net", {})
+        reply = self.handler.RCPT("b@example.net", rcptParams(""))
         self.assertEqual((reply.code, reply.enhanced), (250, "2.1.5"))
         self.assertIn("b@example.net", reply.text)
-        self.assertEqual(
-            self.handler.RCPT("b@example.net", {"NOTIFY": "NEVER"}).code, 555
-        )
+        reply = self.handler.RCPT("b@example.net", rcptParams("NOTIFY=NEVER"))
+        self.assertEqual(reply.code, 250)
+        reply = self.handler.RCPT("b@example.net", rcptParams("NOTIFY=NEVER XBAR=1"))
+        self.assertEqual((reply.code, reply.enhanced), (555, "5.5.4"))
+        self.assertIn("XBAR", reply.text)
 
     def test_data(self) -> None:
         """

@@ -235,33 +235,44 @@ class IntegrationTests(TestCase):
 
     async def test_pipelinedTransactionsInOneWrite(self) -> None:
         """
-        Two complete transactions, a NOOP and QUIT written in one send()
-        are all processed: the replies come in order, both messages arrive
-        intact, and the server closes after QUIT.
+        Two complete transactions, a NOOP and QUIT pipelined in three
+        send()s, as RFC 2920 allows (the client waits only after EHLO and
+        for each 354; a message is followed by the next commands in the same
+        write) are all processed: the replies come in order, both messages
+        arrive intact, and the server closes after QUIT.
         """
         store = Store()
         port, _ = self.startServer(lambda: RecordingHandler(store))
         first = b"Subject: one\r\n\r\nfirst body\r\n"
         second = b"Subject: two\r\n\r\nsecond body\r\n..stuffed\r\n"
-        wire = (
-            b"MAIL FROM:<a@example.org>\r\n"
-            b"RCPT TO:<b@example.org>\r\n"
-            b"RCPT TO:<c@example.org>\r\n"
-            b"DATA\r\n" + first + b".\r\n"
-            b"MAIL FROM:<>\r\n"
-            b"RCPT TO:<d@example.org>\r\n"
-            b"DATA\r\n" + second + b".\r\n"
-            b"NOOP\r\n"
-            b"QUIT\r\n"
-        )
+        writes = [
+            (
+                b"MAIL FROM:<a@example.org>\r\n"
+                b"RCPT TO:<b@example.org>\r\n"
+                b"RCPT TO:<c@example.org>\r\n"
+                b"DATA\r\n",
+                4,
+            ),
+            (
+                first + b".\r\nMAIL FROM:<>\r\nRCPT TO:<d@example.org>\r\nDATA\r\n",
+                4,
+            ),
+            (second + b".\r\nNOOP\r\nQUIT\r\n", 0),
+        ]
 
         def client() -> tuple[list[Any], bytes, bool]:
             with socket.create_connection((LOOPBACK, port), timeout=30) as sock:
                 before, _ = readReplies(sock, 1)
                 sock.sendall(b"EHLO client.example\r\n")
                 ehlo, _ = readReplies(sock, 1)
-                sock.sendall(wire)
-                data, closed = readUntilClosed(sock, timeout=30)
+                data = b""
+                for wire, count in writes:
+                    sock.sendall(wire)
+                    if count:
+                        _, more = readReplies(sock, count, timeout=30)
+                        data += more
+                more, closed = readUntilClosed(sock, timeout=30)
+                data += more
             return before + ehlo, data, closed
 
         opening, data, closed = await deferToThread(client)

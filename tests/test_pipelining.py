@@ -119,10 +119,11 @@ class OrderTests(SynchronousTestCase):
 
     def test_wholeSessionPipelined(self) -> None:
         """
-        A whole pipelined session with every hook asynchronous: replies in
-        order, never two hooks at once, hooks called in command order.
+        A whole session in one read (enforceSync off, so the server takes
+        it) with every hook asynchronous: replies in order, never two hooks
+        at once, hooks called in command order.
         """
-        conn = slowConnection()
+        conn = slowConnection(enforceSync=False)
         conn.clock.advance(1)
         self.assertEqual(conn.replies()[0].code, 220)
         conn.send(SESSION)
@@ -158,9 +159,11 @@ class OrderTests(SynchronousTestCase):
         """
         delays = {"MAIL": 5.0, "RCPT": 1.0, "DATA": 0.5, "NOOP": 0.1}
         conn = slowConnection(delays)
+        runClock(conn)
+        self.assertEqual([r.code for r in conn.replies()], [220])
         conn.send(b"EHLO client.example\r\n")
         runClock(conn)
-        self.assertEqual([r.code for r in conn.replies()], [220, 250])
+        self.assertEqual([r.code for r in conn.replies()], [250])
         conn.send(
             b"NOOP\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n"
             b"RCPT TO:<c@example.net>\r\nDATA\r\n"
@@ -175,9 +178,9 @@ class OrderTests(SynchronousTestCase):
     def test_hookCalledAfterPreviousReply(self) -> None:
         """
         Each hook is called only after the reply to the previous command
-        has been written.
+        has been written (a whole session in one read, enforceSync off).
         """
-        conn = slowConnection()
+        conn = slowConnection(enforceSync=False)
         conn.send(SESSION)
         runClock(conn)
         written = dict.fromkeys(["EHLO", "MAIL", "RCPT", "DATA", "NOOP", "QUIT"], 0)
@@ -187,7 +190,7 @@ class OrderTests(SynchronousTestCase):
                 written[name] = size
         # By the time MAIL was called, the greeting and the EHLO reply
         # were out; by QUIT, everything but the 221.
-        self.assertIn(b"250 ENHANCEDSTATUSCODES", output[: written["MAIL"]])
+        self.assertIn(b"\r\n250 LIMITS RCPTMAX=1000\r\n", output[: written["MAIL"]])
         self.assertIn(b"354 ", output[: written["NOOP"]])
         self.assertEqual(output[: written["QUIT"]].count(b"\r\n250 2.0.0 OK"), 1)
         self.assertNotIn(b"221", output[: written["QUIT"]])
@@ -220,10 +223,11 @@ class OrderTests(SynchronousTestCase):
         """
         d: Deferred[Any] = Deferred()
         conn = connect(recorderFactory(NOOP=lambda h: d))
+        conn.command("EHLO client.example")
         conn.send(b"NOOP\r\nHE")
         conn.send(b"LP\r\nVRFY x\r")
         conn.send(b"\nRSET\r\n")
-        self.assertEqual(conn.handler.names(), ["CONNECT", "NOOP"])
+        self.assertEqual(conn.handler.names(), ["CONNECT", "EHLO", "NOOP"])
         d.callback((250, "noop done"))
         self.assertEqual([r.code for r in conn.replies()], [250, 214, 252, 250])
         self.assertEqual(conn.handler.names()[-3:], ["HELP", "VRFY", "RSET"])
@@ -248,11 +252,12 @@ class OrderTests(SynchronousTestCase):
 
     def test_asyncDataThenContent(self) -> None:
         """
-        Message content pipelined behind an asynchronous DATA is read as
-        content once DATA answers 354, not as commands.
+        Message content pipelined behind an asynchronous DATA (enforceSync
+        off, so the server reads on) is read as content once DATA answers
+        354, not as commands.
         """
         d: Deferred[Any] = Deferred()
-        conn = connect(recorderFactory(DATA=lambda h: d))
+        conn = connect(recorderFactory(DATA=lambda h: d), enforceSync=False)
         conn.command("EHLO client.example")
         conn.command("MAIL FROM:<a@example.org>")
         conn.command("RCPT TO:<b@example.net>")
@@ -265,10 +270,11 @@ class OrderTests(SynchronousTestCase):
 
     def test_asyncDataRefusedThenCommands(self) -> None:
         """
-        If an asynchronous DATA refuses, what follows is read as commands.
+        If an asynchronous DATA refuses, what follows is read as commands
+        (enforceSync off, so the server reads on after DATA).
         """
         d: Deferred[Any] = Deferred()
-        conn = connect(recorderFactory(DATA=lambda h: d))
+        conn = connect(recorderFactory(DATA=lambda h: d), enforceSync=False)
         conn.command("EHLO client.example")
         conn.command("MAIL FROM:<a@example.org>")
         conn.command("RCPT TO:<b@example.net>")
@@ -322,14 +328,22 @@ class OrderTests(SynchronousTestCase):
                 return Reply(250, "stored")
 
         conn = connect(Handler, clock=clock, hookTimeout=0)
+        # A client that pipelines as RFC 2920 allows: it waits after EHLO
+        # and after DATA.
+        texts = [conn.command("EHLO c.example").text]
         conn.send(
-            b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\n"
+            b"MAIL FROM:<a@example.org>\r\n"
             b"RCPT TO:<b@example.net>\r\n"
-            b"RCPT TO:<c@example.net>\r\nDATA\r\n\r\nbody\r\n.\r\nQUIT\r\n"
+            b"RCPT TO:<c@example.net>\r\nDATA\r\n"
         )
-        for _ in range(20):
+        for _ in range(10):
             clock.advance(1)
-        texts = [r.text for r in conn.replies()]
+        texts += [r.text for r in conn.replies()]
+        self.assertEqual(len(texts), 5)
+        conn.send(b"\r\nbody\r\n.\r\nQUIT\r\n")
+        for _ in range(10):
+            clock.advance(1)
+        texts += [r.text for r in conn.replies()]
         self.assertEqual(
             texts[1:4],
             ["sender a@example.org", "rcpt b@example.net", "rcpt c@example.net"],
@@ -340,10 +354,10 @@ class OrderTests(SynchronousTestCase):
 
     def test_asyncConnectThenPipelined(self) -> None:
         """
-        With a slow CONNECT, a pipelined session sent before the greeting is
-        answered after it, in order.
+        With a slow CONNECT and enforceSync off, a pipelined session sent
+        before the greeting is answered after it, in order.
         """
-        conn = slowConnection({"CONNECT": 2.0})
+        conn = slowConnection({"CONNECT": 2.0}, enforceSync=False)
         self.assertIsNone(conn.greeting)
         conn.send(SESSION)
         runClock(conn)

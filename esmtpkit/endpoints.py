@@ -1,6 +1,12 @@
 """
-Listening behind a load balancer that speaks the PROXY protocol (HAProxy's
-v1 and v2): C{haproxy:} endpoint descriptions.
+Endpoint descriptions for esmtpkit listeners: Twisted's strports, with two
+additions.
+
+  - C{ssl:PORT} without C{privateKey=} is implicit TLS (RFC 8314) with the
+    server's own certificate files (C{--tls-cert}/C{--tls-key}), which
+    SIGHUP reloads like those of STARTTLS.
+  - C{haproxy:...} reads a PROXY protocol header (HAProxy's v1 and v2)
+    before the SMTP session starts; see below.
 
 Twisted's own C{haproxy:} endpoint starts the wrapped protocol as soon as the
 TCP connection is made, before the PROXY header has been read, so an SMTP
@@ -22,10 +28,16 @@ from twisted.protocols.haproxy._wrapper import (
     HAProxyProtocolWrapper,
     HAProxyWrappingFactory,
 )
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["ProxyHeaderFirstEndpoint", "proxyServerFromString", "HEADER_TIMEOUT"]
+__all__ = [
+    "ProxyHeaderFirstEndpoint",
+    "ImplicitTLSEndpoint",
+    "serverFromDescription",
+    "HEADER_TIMEOUT",
+]
 
 HEADER_TIMEOUT = 5.0
 """
@@ -118,13 +130,39 @@ class ProxyHeaderFirstEndpoint:
         return self._wrapped.listen(_HeaderFirstWrappingFactory(protocolFactory))
 
 
-def proxyServerFromString(reactor: Any, description: str) -> IStreamServerEndpoint:
+@implementer(IStreamServerEndpoint)
+class ImplicitTLSEndpoint:
     """
-    Like L{serverFromString}, except that C{haproxy:...} descriptions get a
-    L{ProxyHeaderFirstEndpoint}.
+    A server endpoint whose connections speak TLS from the first byte, with
+    a TLS connection creator such as L{esmtpkit.tls.ServerTLS}.
+    """
+
+    def __init__(self, wrapped: IStreamServerEndpoint, tls: Any) -> None:
+        self._wrapped = wrapped
+        self._tls = tls
+
+    def listen(self, protocolFactory: Any) -> Deferred[IListeningPort]:
+        return self._wrapped.listen(
+            TLSMemoryBIOFactory(self._tls, False, protocolFactory)
+        )
+
+
+def serverFromDescription(
+    reactor: Any, description: str, tls: Any = None
+) -> IStreamServerEndpoint:
+    """
+    Like L{serverFromString}, with C{haproxy:...} read header-first and,
+    when C{tls} is given, C{ssl:...} without a C{privateKey} using it.
+
+    @raise ValueError: C{ssl:} without C{privateKey} and no C{tls}.
     """
     if description.startswith("haproxy:"):
-        inner = serverFromString(reactor, description[len("haproxy:") :])
+        inner = serverFromDescription(reactor, description[len("haproxy:") :], tls)
         return ProxyHeaderFirstEndpoint(inner)
+    if description.startswith("ssl:") and "privateKey=" not in description:
+        if tls is None:
+            raise ValueError("ssl: needs privateKey= (or --tls-cert and --tls-key)")
+        tcp = serverFromString(reactor, "tcp:" + description[len("ssl:") :])
+        return ImplicitTLSEndpoint(tcp, tls)
     endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
     return endpoint
