@@ -147,6 +147,22 @@ class ImplicitTLSEndpoint:
         )
 
 
+def wrapFactory(description: str, factory: Any, tls: Any = None) -> Any:
+    """
+    C{factory} wrapped in the layers that C{description} asks for on top of
+    a plain socket: a PROXY header reader for C{haproxy:}, TLS for C{ssl:}
+    (for sockets made elsewhere, such as those C{--workers} inherit).
+    """
+    if description.startswith("haproxy:"):
+        inner = wrapFactory(description[len("haproxy:") :], factory, tls)
+        return _HeaderFirstWrappingFactory(inner)
+    if description.startswith("ssl:"):
+        if tls is None:
+            raise ValueError("ssl: needs --tls-cert and --tls-key")
+        return TLSMemoryBIOFactory(tls, False, factory)
+    return factory
+
+
 def serverFromDescription(
     reactor: Any, description: str, tls: Any = None
 ) -> IStreamServerEndpoint:

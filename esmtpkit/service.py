@@ -6,7 +6,7 @@ endpoint descriptions with one L{ESMTPFactory}.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -18,6 +18,7 @@ from .endpoints import serverFromDescription
 from .factory import ESMTPFactory, HandlerFactory
 from .settings import Settings
 from .tls import ServerTLS
+from .workers import AdoptedPortService
 
 __all__ = ["ESMTPService", "DEFAULT_PORT"]
 
@@ -51,6 +52,7 @@ class ESMTPService(MultiService):
         tls: ServerTLS | None = None,
         portal: Portal | None = None,
         reloadOnSIGHUP: bool | None = None,
+        inherited: Sequence[tuple[int, str]] = (),
         **overrides: Any,
     ) -> None:
         """
@@ -67,6 +69,8 @@ class ESMTPService(MultiService):
         @param reloadOnSIGHUP: while running, reload the TLS files (and
             checkers that can reload, such as SCRAM files) on SIGHUP; by
             default, when there is something to reload.
+        @param inherited: listening sockets inherited from a C{--workers}
+            supervisor, as C{(file descriptor, port description)} pairs.
         """
         super().__init__()
         if reactor is None:
@@ -80,12 +84,17 @@ class ESMTPService(MultiService):
         self._reloadOnSIGHUP = (
             reloadOnSIGHUP
             if reloadOnSIGHUP is not None
-            else tls is not None or portal is not None
+            # Workers always take SIGHUP: the supervisor passes it on.
+            else tls is not None or portal is not None or bool(inherited)
         )
         self._previousHandler: Any = None
         for description in ports:
             endpoint = serverFromDescription(reactor, description, tls)
             StreamServerEndpointService(endpoint, self.factory).setServiceParent(self)
+        for fd, description in inherited:
+            AdoptedPortService(
+                fd, description, self.factory, tls, reactor
+            ).setServiceParent(self)
 
     def reload(self) -> None:
         """

@@ -4,7 +4,9 @@ C{twistd esmtpkit}: command-line options and the service they describe.
 
 from __future__ import annotations
 
+import getopt
 import inspect
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,7 @@ from .scram import IScramSHA256Credentials, ScramFileChecker
 from .service import DEFAULT_PORT, ESMTPService
 from .settings import Settings
 from .tls import ServerTLS, TLSConfigurationError
+from .workers import WorkerSupervisor, cores, listeningDescription
 
 __all__ = ["Options", "makeService"]
 
@@ -314,6 +317,50 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         super().__init__()
         self["ports"] = []
         self["disabled-extensions"] = []
+        self["inherited"] = []
+        self["workers"] = 1
+        self._arguments: list[str] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        self._arguments = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
+    def opt_workers(self, count: str) -> None:
+        if count == "auto":
+            self["workers"] = cores()
+        elif count.isdigit() and int(count) >= 1:
+            self["workers"] = int(count)
+        else:
+            raise usage.UsageError(f"--workers: {count!r} is not a number or auto")
+
+    opt_workers.__doc__ = (
+        "Run this many worker processes sharing the listening sockets "
+        "(auto: one per core) [default: 1]."
+    )
+
+    def opt_inherited_port(self, value: str) -> None:
+        fd, colon, description = value.partition(":")
+        if not colon or not fd.isdigit() or not description:
+            raise usage.UsageError(f"--inherited-port: {value!r} is not FD:DESCRIPTION")
+        self["inherited"].append((int(fd), description))
+
+    opt_inherited_port.__doc__ = (
+        "(Internal, used by --workers) Serve on the listening socket with this "
+        "file descriptor: FD:DESCRIPTION."
+    )
+
+    def workerArguments(self) -> list[str]:
+        """
+        These options as a worker of C{--workers} gets them: all but
+        C{--workers} and C{--port} (the workers inherit the sockets).
+        """
+        pairs, rest = getopt.getopt(self._arguments, self.shortOpt, self.longOpt)
+        arguments = []
+        for option, value in pairs:
+            if option in ("--workers", "--port", "-p", "--inherited-port"):
+                continue
+            arguments += [option, value] if value else [option]
+        return arguments + rest
 
     def opt_port(self, description: str) -> None:
         self["ports"].append(description)
@@ -366,7 +413,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     )
 
     def postOptions(self) -> None:
-        if not self["ports"]:
+        if not self["ports"] and not self["inherited"]:
             self["ports"] = [DEFAULT_PORT]
         self["settings"] = self._settings()
         self["tls"] = self._tls()
@@ -461,7 +508,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
         for description in self["ports"]:
             try:
-                serverFromDescription(reactor, description, self["tls"])
+                if self["workers"] > 1:
+                    serverFromDescription(
+                        reactor, listeningDescription(description), self["tls"]
+                    )
+                else:
+                    serverFromDescription(reactor, description, self["tls"])
             except Exception as e:
                 raise usage.UsageError(
                     f"--port {description}: {type(e).__name__}: {e}"
@@ -472,10 +524,15 @@ def makeService(options: Options) -> IService:
     """
     The service that C{twistd esmtpkit} runs.
     """
+    if options["workers"] > 1:
+        return WorkerSupervisor(
+            options["workers"], options["ports"], options.workerArguments()
+        )
     return ESMTPService(
         options["handlerFactory"],
         options["ports"],
         options["settings"],
         tls=options["tls"],
         portal=options["portal"],
+        inherited=options["inherited"],
     )

@@ -1,0 +1,241 @@
+"""
+Several worker processes sharing the listening sockets (C{--workers N}).
+
+The parent opens every listening socket once, then runs N copies of the
+server (C{python -m twisted esmtpkit ...}), each given the sockets as
+inherited file descriptors (C{--inherited-port FD:DESCRIPTION}), which it
+adopts with C{reactor.adoptStreamPort}; the kernel spreads new connections
+among them. Each worker has its own reactor and handler instances. The
+parent supervises them with Twisted's L{ProcessMonitor} (a worker that dies
+is restarted, with a growing delay if it keeps dying), passes SIGHUP on, and
+stops them on shutdown.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.runner.procmon import ProcessMonitor
+
+__all__ = ["WorkerSupervisor", "AdoptedPortService", "listeningDescription", "cores"]
+
+log = Logger(namespace="esmtpkit")
+
+FIRST_FD = 3
+
+
+def cores() -> int:
+    """
+    The number of cores this process may run on.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def listeningDescription(description: str) -> str:
+    """
+    The plain socket part of an esmtpkit port description: C{haproxy:} and
+    implicit-TLS C{ssl:} are layers the workers add themselves.
+
+    @raise ValueError: an C{ssl:} description with its own key (workers
+        take TLS from C{--tls-cert}/C{--tls-key}).
+    """
+    if description.startswith("haproxy:"):
+        return listeningDescription(description[len("haproxy:") :])
+    if description.startswith("ssl:"):
+        if "privateKey=" in description or "certKey=" in description:
+            raise ValueError(
+                "with --workers, ssl: listeners take their certificate from "
+                "--tls-cert/--tls-key"
+            )
+        return "tcp:" + description[len("ssl:") :]
+    return description
+
+
+class _Refuse(Protocol):
+    def connectionMade(self) -> None:  # never: the parent does not accept
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
+class _SpawnWithSockets:
+    """
+    A reactor for L{ProcessMonitor} whose C{spawnProcess} also hands the
+    child the listening sockets, as file descriptors 3, 4, ...
+    """
+
+    def __init__(self, reactor: Any, fds: Sequence[int]) -> None:
+        self._reactor = reactor
+        self._fds = list(fds)
+
+    def spawnProcess(self, *args: Any, **kwargs: Any) -> Any:
+        childFDs: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        for index, fd in enumerate(self._fds):
+            childFDs[FIRST_FD + index] = fd
+        kwargs["childFDs"] = childFDs
+        return self._reactor.spawnProcess(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+class WorkerSupervisor(Service):
+    """
+    The parent of C{--workers N}: listens, starts N workers, keeps them
+    running.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        ports: Sequence[str],
+        workerArgs: Sequence[str],
+        reactor: Any = None,
+    ) -> None:
+        """
+        @param workers: how many worker processes.
+        @param ports: the port descriptions (as given to C{--port}).
+        @param workerArgs: the C{twistd esmtpkit} options for the workers,
+            without C{--workers} and C{--port}.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self.workers = workers
+        self.ports = list(ports)
+        self.workerArgs = list(workerArgs)
+        self._reactor = reactor
+        self._listening: list[Any] = []
+        self.monitor: ProcessMonitor | None = None
+        self._previousHUP: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        for description in self.ports:
+            endpoint = serverFromString(
+                self._reactor, listeningDescription(description)
+            )
+            listening: list[Any] = []
+            refuse = Factory.forProtocol(_Refuse)
+            refuse.noisy = False
+            endpoint.listen(refuse).addCallback(listening.append)
+            port = listening[0]  # TCP and UNIX endpoints listen at once
+            port.stopReading()  # the workers accept, not this process
+            self._listening.append(port)
+        fds = [port.fileno() for port in self._listening]
+        spawner: Any = _SpawnWithSockets(self._reactor, fds)
+        self.monitor = ProcessMonitor(reactor=spawner)
+        inherited: list[str] = []
+        for index, description in enumerate(self.ports):
+            inherited += ["--inherited-port", f"{FIRST_FD + index}:{description}"]
+        args = [
+            sys.executable,
+            "-m",
+            "twisted",
+            "--log-format",
+            "text",
+            "esmtpkit",
+            *self.workerArgs,
+            *inherited,
+        ]
+        for number in range(1, self.workers + 1):
+            self.monitor.addProcess(f"worker-{number}", args, env=dict(os.environ))
+        self.monitor.startService()
+        log.info(
+            "esmtpkit supervising {workers} workers on {ports}",
+            workers=self.workers,
+            ports=", ".join(self.ports),
+        )
+        if hasattr(signal, "SIGHUP"):
+            try:
+                self._previousHUP = signal.signal(signal.SIGHUP, self._onSIGHUP)
+            except ValueError:  # not the main thread
+                pass
+
+    def _onSIGHUP(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self.signalWorkers, "HUP")
+
+    def signalWorkers(self, signal: str) -> None:
+        """
+        Send C{signal} (such as C{"HUP"}) to every running worker.
+        """
+        assert self.monitor is not None
+        for protocol in list(self.monitor.protocols.values()):
+            if protocol.transport is not None:
+                try:
+                    protocol.transport.signalProcess(signal)
+                except Exception:
+                    pass
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop the workers (TERM, then KILL after L{ProcessMonitor.killTime}
+        seconds) and close the sockets; the result fires once every worker
+        has exited.
+        """
+        super().stopService()
+        if self._previousHUP is not None:
+            signal.signal(signal.SIGHUP, self._previousHUP)
+        for port in self._listening:
+            port.stopListening()
+        self._listening = []
+        monitor = self.monitor
+        if monitor is None:
+            return succeed(None)
+        monitor.stopService()
+        deadline = self._reactor.seconds() + monitor.killTime + 5
+        done: Deferred[None] = Deferred()
+
+        def check() -> None:
+            if not monitor.protocols or self._reactor.seconds() > deadline:
+                done.callback(None)
+            else:
+                self._reactor.callLater(0.1, check)
+
+        check()
+        return done
+
+
+class AdoptedPortService(Service):
+    """
+    Listens on a socket inherited from the supervisor, with the layers its
+    description asks for (C{haproxy:}, implicit TLS for C{ssl:}).
+    """
+
+    def __init__(self, fd: int, description: str, factory: Any, tls: Any, reactor: Any):
+        self.fd = fd
+        self.description = description
+        self.factory = factory
+        self.tls = tls
+        self._reactor = reactor
+        self.port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        from .endpoints import wrapFactory
+
+        probe = socket.socket(fileno=os.dup(self.fd))
+        family = probe.family
+        probe.close()
+        factory = wrapFactory(self.description, self.factory, self.tls)
+        self.port = self._reactor.adoptStreamPort(self.fd, family, factory)
+        os.close(self.fd)  # adoptStreamPort made its own copy
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            return self.port.stopListening()  # type: ignore[no-any-return]
+        return None
