@@ -78,6 +78,11 @@ class SecureCommands:
     def _violation(self, what: str) -> None:
         raise NotImplementedError
 
+    def _send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    _directSocket: Any = None
+
     _authFailures = 0
     _sasl: Any = None
 
@@ -144,6 +149,7 @@ class SecureCommands:
         session.heloName = None
         session.esmtp = False
         session.authenticated = None
+        self._directSocket = None  # from now on, everything goes through TLS
         self.transport.startTLS(self.factory.tls)
 
     def handshakeCompleted(self) -> None:
@@ -274,7 +280,7 @@ class SecureCommands:
     def _challenge(self, data: bytes) -> None:
         self._state = AUTH_STATE
         self.MAX_LENGTH = MAX_AUTH_LINE
-        self.transport.write(b"334 " + base64.b64encode(data) + b"\r\n")
+        self._send(b"334 " + base64.b64encode(data) + b"\r\n")
 
     def _loggedIn(self, outcome: Any, final: bytes | None) -> None:
         if isinstance(outcome, Failure):
