@@ -293,7 +293,8 @@ class ESMTPProtocol(
             what=what,
         )
         self._write(
-            Reply(554, "Error: SMTP protocol synchronization", enhanced="5.5.0")
+            Reply(554, "Error: SMTP protocol synchronization", enhanced="5.5.0"),
+            count=False,
         )
         self._close()
 
@@ -358,7 +359,7 @@ class ESMTPProtocol(
 
     # -- replies ----------------------------------------------------------
 
-    def _write(self, reply: Reply, enhanced: bool = True) -> None:
+    def _write(self, reply: Reply, enhanced: bool = True, count: bool = True) -> None:
         if self._closing:
             # Closed for a reason already said (QUIT, 421, 554): nothing a
             # hook answers later may follow it.
@@ -373,7 +374,7 @@ class ESMTPProtocol(
             )
         if reply.code == 421 or (self.handler is not None and self.handler.disconnect):
             self._close()
-        elif reply.code >= 400 and self._state != GREETING:
+        elif reply.code >= 400 and count and self._state != GREETING:
             self._countError()
 
     def _send(self, data: bytes) -> None:
