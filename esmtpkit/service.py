@@ -18,7 +18,7 @@ from .endpoints import serverFromDescription
 from .factory import ESMTPFactory, HandlerFactory
 from .settings import Settings
 from .tls import ServerTLS
-from .workers import AdoptedPortService
+from .workers import AdoptedPortService, ParentWatchService
 
 __all__ = ["ESMTPService", "DEFAULT_PORT"]
 
@@ -95,6 +95,8 @@ class ESMTPService(MultiService):
             AdoptedPortService(
                 fd, description, self.factory, tls, reactor
             ).setServiceParent(self)
+        if inherited:
+            ParentWatchService(reactor).setServiceParent(self)
 
     def reload(self) -> None:
         """

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import getopt
 import inspect
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -343,6 +344,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if not colon or not fd.isdigit() or not description:
             raise usage.UsageError(f"--inherited-port: {value!r} is not FD:DESCRIPTION")
         self["inherited"].append((int(fd), description))
+        # A worker: the supervisor may pass SIGHUP on before the service is
+        # up to take it; until then, ignore it rather than die.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     opt_inherited_port.__doc__ = (
         "(Internal, used by --workers) Serve on the listening socket with this "
@@ -359,7 +363,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         for option, value in pairs:
             if option in ("--workers", "--port", "-p", "--inherited-port"):
                 continue
-            arguments += [option, value] if value else [option]
+            if option.startswith("--"):
+                takesValue = option[2:] + "=" in self.longOpt
+                arguments.append(f"{option}={value}" if takesValue else option)
+            else:
+                takesValue = option[1:] + ":" in self.shortOpt
+                arguments += [option, value] if takesValue else [option]
         return arguments + rest
 
     def opt_port(self, description: str) -> None:
@@ -504,7 +513,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def _checkPorts(self) -> None:
         from twisted.internet import reactor
 
-        from .endpoints import serverFromDescription
+        from .endpoints import serverFromDescription, wrapFactory
 
         for description in self["ports"]:
             try:
@@ -512,6 +521,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                     serverFromDescription(
                         reactor, listeningDescription(description), self["tls"]
                     )
+                    wrapFactory(description, object(), self["tls"])
                 else:
                     serverFromDescription(reactor, description, self["tls"])
             except Exception as e:

@@ -23,9 +23,12 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.runner.procmon import ProcessMonitor
+from zope.interface import implementer
 
 __all__ = ["WorkerSupervisor", "AdoptedPortService", "listeningDescription", "cores"]
 
@@ -207,6 +210,54 @@ class WorkerSupervisor(Service):
 
         check()
         return done
+
+
+@implementer(IReadDescriptor)
+class _ParentWatch:
+    """
+    Watches a worker's standard input, a pipe from the supervisor: when it
+    reaches its end, the supervisor is gone, and the worker stops too.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def fileno(self) -> int:
+        return 0
+
+    def logPrefix(self) -> str:
+        return "esmtpkit-worker"
+
+    def doRead(self) -> Any:
+        try:
+            data = os.read(0, 4096)
+        except OSError:
+            data = b""
+        return None if data else CONNECTION_DONE
+
+    def connectionLost(self, reason: Any) -> None:
+        log.info("esmtpkit worker: the supervisor is gone, stopping")
+        if self._reactor.running:
+            self._reactor.stop()
+
+
+class ParentWatchService(Service):
+    """
+    In a worker: stop when the supervisor process goes away (even if it was
+    killed without a chance to stop its workers).
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._watch = _ParentWatch(reactor)
+
+    def startService(self) -> None:
+        super().startService()
+        self._reactor.addReader(self._watch)
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._reactor.removeReader(self._watch)
 
 
 class AdoptedPortService(Service):
