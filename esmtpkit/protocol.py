@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import tcp
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import LogLevel
 from twisted.protocols.policies import TimeoutMixin
@@ -97,7 +98,8 @@ class ESMTPProtocol(
         (a connection refused for a limit, or a handler factory that failed).
     """
 
-    _directSocket: Any = None  # see _send
+    _directSocket: Any = None  # see _sendNow
+    _outgoing: list[bytes] | None = None  # see _send
 
     def __init__(self, factory: ESMTPFactory) -> None:
         self.factory = factory
@@ -160,6 +162,10 @@ class ESMTPProtocol(
         self._skipHooks = skippableHooks(type(handler))
         if isinstance(self.transport, tcp.Connection) and not self.tlsActive():
             self._directSocket = self.transport.getHandle()
+        if ITCPTransport.providedBy(self.transport):
+            # Replies are written whole (see _send); Nagle's algorithm would
+            # only hold one back until the client's delayed ACK.
+            self.transport.setTcpNoDelay(True)
         self.transport.registerProducer(self, True)
         self._hooks = HookRunner(
             handler,
@@ -227,6 +233,7 @@ class ESMTPProtocol(
     def _close(self) -> None:
         if not self._closing:
             self._closing = True
+            self._flush()
             self.transport.loseConnection()
 
     # -- flow control -----------------------------------------------------
@@ -277,10 +284,17 @@ class ESMTPProtocol(
         self.paused = False
         if self._closing:
             return
-        if self._transportPaused:
+        # Work through what is held first; read more only if that did not
+        # pause input again and not much is left waiting.
+        self.dataReceived(b"")
+        if (
+            self._transportPaused
+            and not self.paused
+            and not self._closing
+            and len(self._buffer) <= HELD_INPUT
+        ):
             self._transportPaused = False
             self.transport.resumeProducing()
-        self.dataReceived(b"")
 
     def _violation(self, what: str) -> None:
         """
@@ -312,7 +326,16 @@ class ESMTPProtocol(
                 self._violation("client talked before the greeting")
                 return
             self.resetTimeout()
-        super().dataReceived(data)
+        if self._outgoing is not None:  # re-entered: the outer call flushes
+            super().dataReceived(data)
+            return
+        # Replies made while this input is handled go out together, in one
+        # write (see _send).
+        self._outgoing = []
+        try:
+            super().dataReceived(data)
+        finally:
+            self._flush()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         if self._state == HEADERS:
@@ -379,15 +402,29 @@ class ESMTPProtocol(
 
     def _send(self, data: bytes) -> None:
         """
-        Write C{data} to the client.
+        Write C{data} to the client: at once, or with the other replies to
+        the input being handled (pipelined commands get their replies in one
+        segment, not one per reply).
+        """
+        if self._outgoing is not None:
+            self._outgoing.append(data)
+        else:
+            self._sendNow(data)
 
-        On a plain TCP connection a reply is first offered to the socket
-        directly: it almost always fits, and then the reactor does not have
-        to watch the socket for writability and write it on its next turn
-        (two epoll_ctl calls and a loop iteration per reply, the largest
-        cost of a short SMTP exchange). The first time the socket does not
-        take all of it, the rest goes to the transport, and from then on
-        every write does, so nothing is ever reordered.
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, None
+        if outgoing:
+            self._sendNow(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
+
+    def _sendNow(self, data: bytes) -> None:
+        """
+        On a plain TCP connection, offer C{data} to the socket directly: it
+        almost always fits, and then the reactor does not have to watch the
+        socket for writability and write it on its next turn (two epoll_ctl
+        calls and a loop iteration per reply, the largest cost of a short
+        SMTP exchange). The first time the socket does not take all of it,
+        the rest goes to the transport, and from then on every write does,
+        so nothing is ever reordered.
         """
         sock = self._directSocket
         if sock is not None:

@@ -457,3 +457,72 @@ class BackpressureTests(SynchronousTestCase):
         conn.clock.advance(10)
         self.assertEqual([r.code for r in conn.replies()], [421])
         self.assertTrue(conn.closed)
+
+
+class OutputTests(SynchronousTestCase):
+    """
+    How replies leave: together for pipelined input, and never piling up
+    input while the client does not take its replies.
+    """
+
+    def test_pipelinedRepliesInOneWrite(self) -> None:
+        """
+        The replies to a pipelined group (MAIL, RCPT, RCPT, DATA) go to the
+        transport in one write, so that they leave in one segment rather
+        than one per reply behind Nagle's algorithm.
+        """
+        conn = connect()
+        conn.command("EHLO client.example")
+        writes: list[bytes] = []
+        original = conn.transport.write
+
+        def write(data: bytes) -> None:
+            writes.append(data)
+            original(data)
+
+        conn.transport.write = write  # type: ignore[method-assign]
+        conn.send(
+            b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n"
+            b"RCPT TO:<c@example.org>\r\nDATA\r\n"
+        )
+        self.assertEqual(len(writes), 1)
+        self.assertEqual([r.code for r in conn.replies()], [250, 250, 250, 354])
+
+    def test_slowReaderHoldsBoundedInput(self) -> None:
+        """
+        A client that floods commands while reading its replies more slowly
+        than they come: the protocol stops processing whenever the
+        transport's write buffer is full, and the input it holds stays
+        within HELD_INPUT plus one read, however long this goes on.
+        """
+        from esmtpkit.protocol import HELD_INPUT
+
+        conn = connect()
+        conn.command("EHLO client.example")
+        protocol, transport = conn.protocol, conn.transport
+        unsent = 0
+        full = False
+        original = transport.write
+
+        def write(data: bytes) -> None:
+            nonlocal unsent, full
+            original(data)
+            unsent += len(data)
+            if unsent > 65536 and not full:
+                full = True
+                protocol.pauseProducing()
+
+        transport.write = write  # type: ignore[method-assign]
+        flood = b"RSET\r\n" * (65536 // 6)
+        largest = 0
+        for _turn in range(300):
+            if transport.producerState != "paused":
+                protocol.dataReceived(flood)
+            largest = max(largest, len(protocol._buffer))
+            unsent = 0  # the client reads everything written so far
+            if full:
+                full = False
+                protocol.resumeProducing()
+            transport.clear()
+        self.assertLessEqual(largest, HELD_INPUT + len(flood))
+        self.assertFalse(conn.closed)
