@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -63,9 +64,9 @@ class Profile:
     c_messages: int  # C: 10 MiB messages, 4 sessions
     d_size: int  # D: 20 clients stream one message of this size each
     e_connections: int  # E: idle connections held
-    f_messages: int  # F: pipelined transactions
+    f_messages: int  # F and F2: pipelined transactions
     g_messages: int  # G: transactions over STARTTLS
-    h_commands: int  # H: EHLO commands sent to a reader that stalls
+    h_commands: int  # H: RSET commands sent by a reader that stalls
     a_sessions: int = 50
     b_sessions: int = 10
     c_sessions: int = 4
@@ -73,9 +74,10 @@ class Profile:
     d_clients: int = 20
     e_probes: int = 5
     f_sessions: int = 10
-    f_batch: int = 10  # messages per write
+    f_batch: int = 10  # F2: whole messages per write
     g_sessions: int = 10
     h_pause: float = 2.0
+    h_read_rate: int = 200_000  # H: replies read per second after the pause
 
 
 QUICK = Profile(
@@ -87,7 +89,7 @@ QUICK = Profile(
     e_connections=2000,
     f_messages=10000,
     g_messages=500,
-    h_commands=60000,
+    h_commands=1_000_000,
     h_pause=1.0,
 )
 FULL = Profile(
@@ -99,7 +101,7 @@ FULL = Profile(
     e_connections=2000,
     f_messages=20000,
     g_messages=2000,
-    h_commands=200000,
+    h_commands=3_000_000,
 )
 
 
@@ -196,19 +198,25 @@ def memory(pids: list[int], field: str) -> int:
 
 class Sampler(threading.Thread):
     """
-    Samples the servers' VmRSS every 10 ms and keeps the highest value;
-    runs as long as its C{with} block.
+    Samples the server's VmRSS (summed over its process tree) every 10 ms
+    and keeps the highest value; runs as long as its C{with} block. For a
+    multi-process server the tree is looked up again every second, so a
+    worker started (or restarted) meanwhile is counted too.
     """
 
-    def __init__(self, pids: list[int]) -> None:
+    def __init__(self, server: Server) -> None:
         super().__init__(daemon=True)
-        self.pids = pids
-        self.peak = memory(pids, "VmRSS")
+        self.server = server
+        self.peak = server.rss()
         self._done = threading.Event()
 
     def run(self) -> None:
+        ticks = 0
         while not self._done.wait(0.01):
-            self.peak = max(self.peak, memory(self.pids, "VmRSS"))
+            ticks += 1
+            if not self.server.spec.pinned and ticks % 100 == 0:
+                self.server.refreshPids()
+            self.peak = max(self.peak, self.server.rss())
 
     def __enter__(self) -> Sampler:
         self.start()
@@ -230,6 +238,9 @@ class Pinning:
     server: list[str]  # taskset prefix for servers
     client: list[str]  # taskset prefix for clients
     note: str
+    anyCore: list[str] = dataclasses.field(default_factory=list)
+    """taskset prefix for unpinned servers: this script narrowed its own
+    affinity to the client cores, and children inherit it"""
 
 
 def pinning(enabled: bool) -> Pinning:
@@ -243,6 +254,7 @@ def pinning(enabled: bool) -> Pinning:
         ["taskset", "-c", str(server)],
         ["taskset", "-c", clientList],
         f"servers on core {server}, clients on core(s) {clientList}",
+        ["taskset", "-c", ",".join(map(str, cores))],
     )
 
 
@@ -254,45 +266,65 @@ class ServerSpec:
     """
     One server under test.
 
-    @ivar command: the command line, given the port, a scratch directory
-        and the largest message the run sends.
+    @ivar command: the command line, given the port, a scratch directory,
+        the largest message the run sends, and extra arguments (each command
+        puts them where its program wants options).
     @ivar tlsArgs: extra arguments that give the server STARTTLS with a
-        certificate and key file, or None while it has none (scenario G).
+        certificate and key file, or None if it has none (scenario G).
     @ivar delivered: the number of messages the server itself says it
         received, read after it stopped, or None if it keeps no count.
-    @ivar scenarios: the scenarios it takes part in.
-    @ivar pinned: pinned to the server core (False for multi-process servers).
+    @ivar scenarios: the keys of the scenarios it takes part in.
+    @ivar scenarioArgs: extra arguments for some scenarios only, where the
+        load needs them (E's thousands of connections); shown apart in the
+        commands section of the report.
+    @ivar pinned: pinned to the server core (False for multi-process servers,
+        which get every core).
     """
 
     name: str
-    command: Callable[[int, Path, int], list[str]]
+    command: Callable[[int, Path, int, list[str]], list[str]]
     delivered: Callable[[Path], int | None] = lambda scratch: None
     tlsArgs: Callable[[str, str], list[str]] | None = None
-    scenarios: str = "ABCDEFGH"
+    scenarios: tuple[str, ...] = ("A", "B", "C", "D", "E", "F", "F2", "G", "H")
+    scenarioArgs: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     pinned: bool = True
 
 
-def esmtpkitCommand(*extra: str) -> Callable[[int, Path, int], list[str]]:
-    def command(port: int, scratch: Path, largest: int) -> list[str]:
+BACKLOG = 1024
+"""
+The listen backlog asked of every server that lets us set it (the kernel caps
+it at net.core.somaxconn). aiosmtpd's command line has no such option, so it
+keeps asyncio's default of 100; E opens its connections at most 100 at a time
+and B keeps 10 in flight, so no load here needs more.
+"""
+
+
+def esmtpkitCommand(
+    *options: str,
+) -> Callable[[int, Path, int, list[str]], list[str]]:
+    def command(port: int, scratch: Path, largest: int, extra: list[str]) -> list[str]:
         cmd = [
             str(BIN / "twistd"),
             "-n",
             "--pidfile=",
             "esmtpkit",
             "--port",
-            f"tcp:{port}:interface=127.0.0.1",
+            f"tcp:{port}:interface=127.0.0.1:backlog={BACKLOG}",
             "--log-level",
             "warn",
-            *extra,
+            *options,
         ]
         if largest > 30 * MiB:  # beyond the default SIZE limit
             cmd += ["--max-message-size", str(2 * largest)]
+        cmd += extra
         return [arg.replace("{scratch}", str(scratch)) for arg in cmd]
 
     return command
 
 
-def aiosmtpdCommand(port: int, scratch: Path, largest: int) -> list[str]:
+def aiosmtpdCommand(
+    port: int, scratch: Path, largest: int, extra: list[str]
+) -> list[str]:
     cmd = [
         PYTHON,
         "-m",
@@ -305,15 +337,19 @@ def aiosmtpdCommand(port: int, scratch: Path, largest: int) -> list[str]:
     ]
     if largest > 30 * MiB:
         cmd += ["-s", str(2 * largest)]
-    return cmd
+    return cmd + extra
 
 
-def twistedMailCommand(port: int, scratch: Path, largest: int) -> list[str]:
+def twistedMailCommand(
+    port: int, scratch: Path, largest: int, extra: list[str]
+) -> list[str]:
+    assert not extra, "the twisted.mail peer takes no options"
     return [
         PYTHON,
         str(HERE / "peers" / "twisted_mail_sink.py"),
         str(port),
         str(scratch / "stats.json"),
+        str(BACKLOG),
     ]
 
 
@@ -322,18 +358,31 @@ def twistedMailDelivered(scratch: Path) -> int | None:
     return json.loads(stats.read_text())["messages"] if stats.exists() else -1
 
 
-def smtpSinkCommand(port: int, scratch: Path, largest: int) -> list[str]:
-    # -c: counters on stdout; -m: connections served at once (E holds many);
-    # -u: required when run as root (drops privileges after binding).
-    cmd = [shutil.which("smtp-sink") or "smtp-sink", "-c", "-m", "20000"]
+def smtpSinkCommand(
+    port: int, scratch: Path, largest: int, extra: list[str]
+) -> list[str]:
+    # -c: counters on stdout; -u: required when run as root (drops
+    # privileges after binding); the last argument is the listen backlog.
+    cmd = [shutil.which("smtp-sink") or "smtp-sink", "-c", *extra]
     if os.geteuid() == 0:
         cmd += ["-u", "nobody"]
-    return cmd + [f"127.0.0.1:{port}", "100"]
+    return cmd + [f"127.0.0.1:{port}", str(BACKLOG)]
 
 
 def smtpSinkDelivered(scratch: Path) -> int | None:
     counts = re.findall(r"mesg=(\d+)", (scratch / "server.log").read_text())
     return int(counts[-1]) if counts else 0
+
+
+def esmtpkitTLS(cert: str, key: str) -> list[str]:
+    return ["--tls-cert", cert, "--tls-key", key]
+
+
+ESMTPKIT_SCENARIO_ARGS = {
+    # E holds thousands of connections; the default limit is 1000 at once
+    # (the per-IP limit of 50 does not apply to loopback by default).
+    "E": ["--max-connections", "20000"],
+}
 
 
 def maildirDelivered(scratch: Path) -> int | None:
@@ -357,17 +406,24 @@ def servers(selected: list[str] | None) -> list[ServerSpec]:
             ],
         ),
         ServerSpec("twisted.mail", twistedMailCommand, twistedMailDelivered),
-        ServerSpec("smtp-sink", smtpSinkCommand, smtpSinkDelivered),
-        # Scenario G hook: once esmtpkit has STARTTLS, give this entry
-        #   tlsArgs=lambda cert, key: [<its certificate option>, cert,
-        #                              <its key option>, key],
-        # and G measures it (the client needs STARTTLS in the EHLO reply).
-        ServerSpec(REFERENCE, esmtpkitCommand("--handler", "esmtpkit.handlers.Sink")),
+        ServerSpec(
+            "smtp-sink",
+            smtpSinkCommand,
+            smtpSinkDelivered,
+            # -m: connections served at once (default 256)
+            scenarioArgs={"E": ["-m", "20000"]},
+        ),
+        ServerSpec(
+            REFERENCE,
+            esmtpkitCommand("--handler", "esmtpkit.handlers.Sink"),
+            tlsArgs=esmtpkitTLS,
+            scenarioArgs=ESMTPKIT_SCENARIO_ARGS,
+        ),
         ServerSpec(
             "esmtpkit-maildir",
             esmtpkitCommand("--maildir", "{scratch}/Maildir"),
             maildirDelivered,
-            scenarios="ABC",  # it fsyncs every message: disk-bound beyond these
+            scenarios=("A", "B", "C"),  # it fsyncs every message: disk-bound
         ),
     ]
     help = subprocess.run(
@@ -380,7 +436,7 @@ def servers(selected: list[str] | None) -> list[ServerSpec]:
                 esmtpkitCommand(
                     "--handler", "esmtpkit.handlers.Sink", "--workers", "2"
                 ),
-                scenarios="A",
+                scenarios=("A",),
                 pinned=False,
             )
         )
@@ -404,16 +460,13 @@ class Server:
         logs: Path,
         label: str,
         largest: int,
-        tls: tuple[str, str] | None = None,
+        extra: list[str],
     ) -> None:
         self.spec = spec
         self.scratch = Path(tempfile.mkdtemp(prefix="esmtpkit-bench-"))
         self.port = freePort()
-        self.command = spec.command(self.port, self.scratch, largest)
-        if tls and spec.tlsArgs:
-            self.command += spec.tlsArgs(*tls)
-        if spec.pinned:
-            self.command = pin.server + self.command
+        self.command = spec.command(self.port, self.scratch, largest, extra)
+        self.command = (pin.server if spec.pinned else pin.anyCore) + self.command
         self.logPath = logs / f"{label}.log"
         self.features: dict[str, str] = {}
         self.pids: list[int] = []
@@ -451,7 +504,10 @@ class Server:
             except (OSError, smtplib.SMTPException):
                 time.sleep(0.02)
                 continue
-            self.pids = [self.proc.pid] + descendants(self.proc.pid)
+            if self.spec.pinned:
+                self.refreshPids()
+            else:
+                self._settleTree(deadline)
             self.listenerPids = sorted(listeners(self.port))
             if not set(self.listenerPids) <= set(self.pids):
                 raise RuntimeError(
@@ -462,6 +518,28 @@ class Server:
         raise RuntimeError(
             f"{self.spec.name} not ready in {timeout} s:\n" + self.logTail()
         )
+
+    def refreshPids(self) -> None:
+        """
+        The PIDs measured: the process we started and all its descendants.
+        """
+        self.pids = [self.proc.pid] + descendants(self.proc.pid)
+
+    def _settleTree(self, deadline: float) -> None:
+        """
+        A multi-process server may start its workers after the first one
+        greets: wait until its process tree has not changed for a second.
+        """
+        self.refreshPids()
+        stableSince = time.monotonic()
+        while time.monotonic() < min(deadline, stableSince + 10):
+            time.sleep(0.2)
+            before = set(self.pids)
+            self.refreshPids()
+            if set(self.pids) != before:
+                stableSince = time.monotonic()
+            elif time.monotonic() - stableSince >= 1.0:
+                return
 
     def warmUp(self) -> None:
         """
@@ -523,7 +601,7 @@ class Client:
     ) -> None:
         self.command = pin.client + [PYTHON, str(HERE / "loadclient.py"), mode]
         for key, value in options.items():
-            self.command += [f"--{key}", str(value)]
+            self.command += [f"--{key.replace('_', '-')}", str(value)]
         self._err = open(logs / f"{label}.client.log", "wb")
         self.proc = subprocess.Popen(
             self.command,
@@ -653,6 +731,7 @@ class Scenario:
     metrics: list[Metric]
     run: Callable[[Server, Profile, Context], dict[str, Any]]
     needsTLS: bool = False
+    needsExtension: str | None = None  # EHLO keyword, else the server is n/a
 
 
 @dataclass
@@ -684,7 +763,7 @@ def throughput(
     def run(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
         count = getattr(p, messages)
         length = getattr(p, size) if isinstance(size, str) else size
-        with Sampler(server.pids) as sampler:
+        with Sampler(server) as sampler:
             elapsed, command = smtpSource(
                 ctx.pin, server.port, getattr(p, sessions), count, length, keepOpen
             )
@@ -718,7 +797,7 @@ def scenarioD(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
         ready = client.expect("ready", 60)
         time.sleep(0.3)
         baseline = server.rss()
-        with Sampler(server.pids) as sampler:
+        with Sampler(server) as sampler:
             client.send("go")
             result = client.result(600)
         peak = peakRss(server, sampler)
@@ -780,33 +859,42 @@ def scenarioE(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
     }
 
 
-def scenarioF(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
-    client = Client(
-        ctx.pin,
-        ctx.logs,
-        ctx.label,
-        "pipeline",
-        port=server.port,
-        sessions=p.f_sessions,
-        messages=p.f_messages,
-        batch=p.f_batch,
-        size=1024,
-        timeout=600,
-    )
-    try:
-        with Sampler(server.pids) as sampler:
-            result = client.result(600)
-    finally:
-        client.close()
-    return {
-        "messages": result["acked"],
-        "expected_acks": p.f_messages,
-        "seconds": result["elapsed"],
-        "msg_per_s": result["acked"] / result["elapsed"],
-        "pipelining_advertised": result["pipelining"],
-        PEAK.key: peakRss(server, sampler),
-        "client_command": client.command,
-    }
+def pipelined(mode: str) -> Callable[[Server, Profile, Context], dict[str, Any]]:
+    """
+    F (C{mode} "pipeline") and F2 (C{mode} "bdat"): bench/loadclient.py
+    sends pipelined transactions and checks every reply.
+    """
+
+    def run(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "port": server.port,
+            "sessions": p.f_sessions,
+            "messages": p.f_messages,
+            "size": 1024,
+            "timeout": 600,
+        }
+        if mode == "bdat":
+            options["batch"] = p.f_batch
+        client = Client(ctx.pin, ctx.logs, ctx.label, mode, **options)
+        try:
+            with Sampler(server) as sampler:
+                result = client.result(600)
+        finally:
+            client.close()
+        record = {
+            "messages": result["acked"],
+            "expected_acks": p.f_messages,
+            "seconds": result["elapsed"],
+            "msg_per_s": result["acked"] / result["elapsed"],
+            "pipelining_advertised": result["pipelining"],
+            PEAK.key: peakRss(server, sampler),
+            "client_command": client.command,
+        }
+        if "writes" in result:
+            record["client_writes"] = result["writes"]
+        return record
+
+    return run
 
 
 def scenarioG(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
@@ -845,10 +933,11 @@ def scenarioH(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
         port=server.port,
         commands=p.h_commands,
         pause=p.h_pause,
+        read_rate=p.h_read_rate,
         timeout=600,
     )
     try:
-        with Sampler(server.pids) as sampler:
+        with Sampler(server) as sampler:
             stalled = client.expect("stalled", 60)
             stalledPeak = max(sampler.peak, server.rss())
             client.send("read")
@@ -912,9 +1001,20 @@ SCENARIOS = [
     ),
     Scenario(
         "F",
-        "pipelined transactions, 10 messages per write, 10 sessions",
+        "pipelined by RFC 2920, 10 sessions: each write = one message's "
+        "content and final dot + the next MAIL, RCPT, DATA (then wait for "
+        "the 354)",
         [Metric("msg_per_s", "msg/s", "higher"), PEAK],
-        scenarioF,
+        pipelined("pipeline"),
+    ),
+    Scenario(
+        "F2",
+        "pipelined with CHUNKING, 10 sessions: 10 whole transactions per write "
+        "(MAIL, RCPT, BDAT n LAST + n bytes, repeated), servers advertising "
+        "CHUNKING only",
+        [Metric("msg_per_s", "msg/s", "higher"), PEAK],
+        pipelined("bdat"),
+        needsExtension="chunking",
     ),
     Scenario(
         "G",
@@ -922,10 +1022,12 @@ SCENARIOS = [
         [Metric("msg_per_s", "msg/s", "higher")],
         scenarioG,
         needsTLS=True,
+        needsExtension="starttls",
     ),
     Scenario(
         "H",
-        "slow reader: an EHLO flood whose replies are left unread a while",
+        "slow reader: a pipelined RSET flood whose replies are left unread a "
+        "while, then read at a steady rate",
         [
             Metric(
                 "growth_stalled_mib",
@@ -954,9 +1056,11 @@ def describe(s: Scenario, p: Profile) -> str:
         "D": f"{p.d_clients} × {p.d_size // MiB} MiB = "
         f"{p.d_clients * p.d_size // MiB} MiB in flight",
         "E": f"{p.e_connections} idle connections after EHLO, {p.e_probes} probes",
-        "F": f"{p.f_messages} msgs",
+        "F": f"{p.f_messages} msgs, 1 KiB",
+        "F2": f"{p.f_messages} msgs, 1 KiB, {p.f_batch} per write",
         "G": f"{p.g_messages} msgs",
-        "H": f"{p.h_commands} EHLOs, unread for {p.h_pause:g} s",
+        "H": f"{p.h_commands:,} RSETs, replies unread for {p.h_pause:g} s, "
+        f"then read at {p.h_read_rate:,}/s",
     }[s.key]
     return f"{s.key}. {s.title} ({load})"
 
@@ -975,22 +1079,20 @@ def measure(
     Start the server, warm it up, run the scenario, stop it, and check that
     what the client was told had been delivered was.
     """
-    if scenario.needsTLS and spec.tlsArgs is None:
-        return {"na": "n/a (no TLS yet)"}
+    if scenario.needsTLS and (spec.tlsArgs is None or tls is None):
+        why = "no TLS in this peer" if spec.tlsArgs is None else "no certificate"
+        return {"na": f"n/a ({why})"}
     largest = max(p.c_size, p.d_size)
+    extra = list(spec.scenarioArgs.get(scenario.key, []))
+    if scenario.needsTLS and spec.tlsArgs and tls:
+        extra += spec.tlsArgs(*tls)
     try:
-        server = Server(
-            spec,
-            ctx.pin,
-            ctx.logs,
-            ctx.label,
-            largest,
-            tls if scenario.needsTLS else None,
-        )
+        server = Server(spec, ctx.pin, ctx.logs, ctx.label, largest, extra)
     except RuntimeError as e:
         return {"failure": f"server did not start: {e}"}
     record: dict[str, Any] = {
         "server_command": server.command,
+        "scenario_args": extra,
         "port": server.port,
         "server_pid": server.proc.pid,
         "measured_pids": server.pids,
@@ -998,8 +1100,9 @@ def measure(
     }
     try:
         try:
-            if scenario.needsTLS and "starttls" not in server.features:
-                record["na"] = "n/a (no STARTTLS advertised)"
+            wanted = scenario.needsExtension
+            if wanted and wanted not in server.features:
+                record["na"] = f"n/a (no {wanted.upper()} in its EHLO reply)"
                 return record
             server.warmUp()
             record.update(scenario.run(server, p, ctx))
@@ -1358,9 +1461,29 @@ def commands(results: dict[str, Any], order: list[str]) -> list[str]:
     runs = [r for s in results.values() for r in s["runs"] if "port" in r]
     lines = []
     for name in order:
-        run = next((r for r in runs if r["server"] == name), None)
-        if run:
-            lines.append(f"# {name}: " + show(run["server_command"], run["port"]))
+        mine = [r for r in runs if r["server"] == name]
+        plain = next((r for r in mine if not r["scenario_args"]), None)
+        if plain:
+            lines.append(f"# {name}: " + show(plain["server_command"], plain["port"]))
+        for key, scenario in results.items():
+            run = next(
+                (
+                    r
+                    for r in scenario["runs"]
+                    if r["server"] == name and "port" in r and r["scenario_args"]
+                ),
+                None,
+            )
+            if run is None:
+                continue
+            if plain is None:  # no run without extras: the whole command
+                lines.append(
+                    f"# {name}, scenario {key}: "
+                    + show(run["server_command"], run["port"])
+                )
+            else:
+                extra = show(run["scenario_args"], run["port"])
+                lines.append(f"# {name}, scenario {key} only, adds: {extra}")
     for key, scenario in results.items():
         withLoad = [r for r in scenario["runs"] if "client_command" in r]
         run = next(
@@ -1392,13 +1515,13 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smaller loads and 2 rounds (about a minute)",
+        help="smaller loads and 2 rounds (a few minutes)",
     )
     parser.add_argument("--rounds", type=int, help="rounds per scenario")
     parser.add_argument(
         "--scenarios",
-        default="ABCDEFGH",
-        help="scenario letters to run [default: ABCDEFGH]",
+        default="".join(s.key for s in SCENARIOS),
+        help="scenario keys to run, run together, e.g. AF2H [default: %(default)s]",
     )
     parser.add_argument("--servers", help="comma-separated server names [default: all]")
     parser.add_argument("--chart", type=Path, help="write the chart PNG here")
@@ -1417,9 +1540,23 @@ def main() -> None:
     parser.add_argument(
         "--d-clients", type=int, help="D: clients streaming at once [default: 20]"
     )
+    parser.add_argument(
+        "--h-commands",
+        type=int,
+        help="H: RSET commands in the flood [default: 3,000,000, --quick: 1,000,000]",
+    )
+    parser.add_argument(
+        "--h-read-rate",
+        type=int,
+        help="H: replies read per second after the pause [default: 200,000]",
+    )
     args = parser.parse_args()
 
     profile = QUICK if args.quick else FULL
+    if args.h_commands:
+        profile.h_commands = args.h_commands
+    if args.h_read_rate:
+        profile.h_read_rate = args.h_read_rate
     if args.d_size:
         profile.d_size = args.d_size * MiB
     if args.d_clients:
@@ -1446,7 +1583,11 @@ def main() -> None:
     pin = pinning(not args.no_pin)
     specs = servers(args.servers.split(",") if args.servers else None)
     order = [s.name for s in specs]
-    chosen = [s for s in SCENARIOS if s.key in args.scenarios.upper()]
+    keys = re.findall(r"[A-Z]\d*", args.scenarios.upper())
+    unknownKeys = set(keys) - {s.key for s in SCENARIOS}
+    if unknownKeys or not keys:
+        sys.exit(f"unknown scenario(s): {', '.join(sorted(unknownKeys)) or '-'}")
+    chosen = [s for s in SCENARIOS if s.key in keys]
     tls = selfSignedCertificate(logs) if any(s.needsTLS for s in chosen) else None
     started = time.monotonic()
     results: dict[str, Any] = {
@@ -1500,10 +1641,13 @@ def main() -> None:
                         file=sys.stderr,
                     )
 
+    report["machine"]["loadavg_at_end"] = os.getloadavg()
+    loads = report["machine"]["loadavg_at_start"], report["machine"]["loadavg_at_end"]
     lines = [
         f"## esmtpkit benchmark {stamp}",
         "",
         f"{report['machine']['cores']} cores ({report['machine']['cpu']}), "
+        f"load average {loads[0][0]:.2f} at start, {loads[1][0]:.2f} at end; "
         f"{pin.note}; {profile.rounds} rounds"
         f"{' (--quick)' if args.quick else ''}; medians (min–max); "
         "÷ esmtpkit = per-round ratio to esmtpkit (Sink handler), median.",
@@ -1542,10 +1686,7 @@ def main() -> None:
             for t in report["targets"]
         ]
         lines.append("")
-    if (
-        not any(s.name == "esmtpkit-2w" for s in specs)
-        and "A" in args.scenarios.upper()
-    ):
+    if not any(s.name == "esmtpkit-2w" for s in specs) and "A" in keys:
         lines += ["A with 2 workers: n/a (esmtpkit has no --workers yet)", ""]
     lines += ["### Commands (PORT: a free loopback port per run)", "", "```"]
     lines += commands(results, order)

@@ -5,14 +5,19 @@ gets, and prints JSON lines on stdout: progress events that bench.py waits
 for, then one line with "event": "result".
 
 Modes:
-  pipeline    transactions sent PIPELINING-style, several whole messages per
-              write (scenario F)
+  pipeline    transactions pipelined by the rules of RFC 2920 (scenario F):
+              MAIL, RCPT and DATA in one write; after the 354, the message
+              content, its ".", and the next MAIL, RCPT and DATA in one write
+  bdat        several whole transactions per write with CHUNKING (scenario
+              F2): MAIL, RCPT, "BDAT n LAST" and the n bytes, 10 times over
   stream      CLIENTS connections stream one big message each, all at once
               (scenario D); waits for "go" on stdin between DATA and the body
   idle        hold CONNECTIONS idle connections, then run PROBES transactions
               and time them (scenario E); waits for "probe" and "close"
-  slowreader  pipe a flood of EHLO commands and read none of the replies for a
-              while, then read them all (scenario H); waits for "read"
+  slowreader  pipe a flood of RSET commands (which RFC 2920 lets appear
+              anywhere in a group) and read none of the replies for a while,
+              then read them all, at most --read-rate replies a second
+              (scenario H); waits for "read"
   tls         transactions over STARTTLS (scenario G)
 
 Every mode stops by itself at --timeout seconds.
@@ -88,6 +93,41 @@ async def expect(reader: asyncio.StreamReader, codes: tuple[int, ...]) -> list[b
     return lines
 
 
+class Replies:
+    """
+    Reads replies from a connection in chunks and checks a whole group of
+    them at once, each against the codes allowed at its place.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.buffered = b""
+        self.lines: list[bytes] = []  # complete lines not yet consumed
+
+    async def expect(self, group: list[tuple[int, ...]], what: str) -> None:
+        """
+        Read len(C{group}) replies; reply i must have a code in group[i].
+        """
+        for place, codes in enumerate(group):
+            while True:
+                while not self.lines:
+                    chunk = await self.reader.read(65536)
+                    if not chunk:
+                        raise ProtocolFailure(
+                            f"connection closed awaiting reply {place} of {what}"
+                        )
+                    self.lines = (self.buffered + chunk).split(b"\r\n")
+                    self.buffered = self.lines.pop()
+                    self.lines.reverse()  # pop() from the end = next line
+                line = self.lines.pop()
+                if line[3:4] != b"-":  # the last line of a reply
+                    break
+            if not line[:3].isdigit() or int(line[:3]) not in codes:
+                raise ProtocolFailure(
+                    f"reply {place} of {what}: expected {codes}, got {line!r}"
+                )
+
+
 async def connect(
     port: int, rcvbuf: int | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, list[bytes]]:
@@ -136,50 +176,117 @@ async def quit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     writer.close()
 
 
-# -- F: pipelined transactions ------------------------------------------------
+# -- F: pipelined transactions (RFC 2920) -----------------------------------
+
+MAIL = b"MAIL FROM:<" + SENDER + b">\r\n"
+RCPT = b"RCPT TO:<" + RECIPIENT + b">\r\n"
+ENVELOPE_GROUP = [(250,), (250, 251), (354,)]  # MAIL, RCPT, DATA
 
 
 async def pipeline(args: argparse.Namespace) -> dict[str, Any]:
-    envelope = (
-        b"MAIL FROM:<" + SENDER + b">\r\nRCPT TO:<" + RECIPIENT + b">\r\nDATA\r\n"
-    )
-    one = envelope + message(args.size)
-    expected = (b"250", b"250", b"354", b"250")  # MAIL, RCPT, DATA, end of data
+    """
+    Each session sends MAIL, RCPT and DATA in one write and reads their three
+    replies; then, after the 354, one write carries the message content, the
+    "." that ends it, and the next transaction's MAIL, RCPT and DATA (RFC
+    2920: DATA ends a group, and message content may begin one). So each
+    write carries the end of one message and the envelope of the next, and
+    no byte of content is sent before its 354.
+    """
+    envelope = MAIL + RCPT + b"DATA\r\n"
+    content = message(args.size)
+    nextGroup = [(250,)] + ENVELOPE_GROUP  # end of data, MAIL, RCPT, DATA
     remaining = args.messages
     acked = 0
+    writes = 0
     advertised: set[str] = set()
 
     sessions = [await connect(args.port) for _ in range(args.sessions)]
     for _, _, ehlo in sessions:
         advertised |= keywords(ehlo)
 
+    def take() -> bool:
+        nonlocal remaining
+        if remaining <= 0:
+            return False
+        remaining -= 1
+        return True
+
+    async def session(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        nonlocal acked, writes
+        replies = Replies(reader)
+        if take():
+            writer.write(envelope)
+            writes += 1
+            await replies.expect(ENVELOPE_GROUP, "the first envelope")
+            while True:
+                more = take()
+                writer.write(content + envelope if more else content)
+                writes += 1
+                await writer.drain()
+                if more:
+                    await replies.expect(nextGroup, "end of data + next envelope")
+                    acked += 1
+                else:
+                    await replies.expect([(250,)], "the last end of data")
+                    acked += 1
+                    break
+        writer.write(b"QUIT\r\n")
+        await replies.expect([(221,)], "QUIT")
+        writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(session(r, w) for r, w, _ in sessions))
+    elapsed = time.perf_counter() - start
+    return {
+        "acked": acked,
+        "elapsed": elapsed,
+        "writes": writes,
+        "pipelining": "PIPELINING" in advertised,
+        "bytes": acked * len(content),
+    }
+
+
+# -- F2: whole transactions per write with BDAT (RFC 3030) --------------------
+
+
+async def bdat(args: argparse.Namespace) -> dict[str, Any]:
+    """
+    BATCH whole transactions per write: MAIL, RCPT, "BDAT n LAST" and the n
+    bytes of the message, repeated. Legal pipelining (RFC 3030): a BDAT
+    chunk carries its own length, so nothing waits on a 354. Every reply is
+    checked: 250 for MAIL, 250/251 for RCPT, 250 for the BDAT LAST.
+    """
+    body = message(args.size)[: -len(b".\r\n")]  # no dot: BDAT counts bytes
+    one = MAIL + RCPT + b"BDAT %d LAST\r\n" % len(body) + body
+    perMessage = [(250,), (250, 251), (250,)]
+    remaining = args.messages
+    acked = 0
+    advertised: set[str] = set()
+
+    sessions = [await connect(args.port) for _ in range(args.sessions)]
+    for _, _, ehlo in sessions:
+        said = keywords(ehlo)
+        if "CHUNKING" not in said:
+            raise ProtocolFailure("no CHUNKING in the EHLO reply")
+        advertised |= said
+
     async def session(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         nonlocal remaining, acked
-        buffered = b""
+        replies = Replies(reader)
         while remaining > 0:
             count = min(args.batch, remaining)
             remaining -= count
             writer.write(one * count)  # several whole messages in one write
             await writer.drain()
-            replies = 0
-            while replies < 4 * count:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    raise ProtocolFailure("connection closed while awaiting replies")
-                lines = (buffered + chunk).split(b"\r\n")
-                buffered = lines.pop()
-                for line in lines:
-                    if line[3:4] == b"-":
-                        continue
-                    if line[:3] != expected[replies % 4]:
-                        raise ProtocolFailure(
-                            f"reply {replies % 4} of a transaction: {line!r}"
-                        )
-                    replies += 1
+            await replies.expect(perMessage * count, f"{count} BDAT transactions")
             acked += count
-        await quit(reader, writer)
+        writer.write(b"QUIT\r\n")
+        await replies.expect([(221,)], "QUIT")
+        writer.close()
 
     start = time.perf_counter()
     await asyncio.gather(*(session(r, w) for r, w, _ in sessions))
@@ -188,7 +295,7 @@ async def pipeline(args: argparse.Namespace) -> dict[str, Any]:
         "acked": acked,
         "elapsed": elapsed,
         "pipelining": "PIPELINING" in advertised,
-        "bytes": acked * len(one),
+        "bytes": acked * len(body),
     }
 
 
@@ -280,7 +387,9 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
 async def slowreader(args: argparse.Namespace) -> dict[str, Any]:
     # A small receive buffer, so replies cannot hide in our kernel buffer.
     reader, writer, _ = await connect(args.port, rcvbuf=65536)
-    flood = b"EHLO slow.example.org\r\n" * 1000
+    # RSET may appear anywhere in a pipelined group (RFC 2920, 3.1); EHLO
+    # may not, and a server that enforces the rule would end the flood.
+    flood = b"RSET\r\n" * 1000
     batches = max(1, args.commands // 1000)
     written = 0
 
@@ -297,14 +406,20 @@ async def slowreader(args: argparse.Namespace) -> dict[str, Any]:
     emit("stalled", commandsWritten=written, writerDone=writing.done())
     await command("read")
     replies = 0
+    unread = Replies(reader)
+    readStart = time.perf_counter()
     while replies < batches * 1000:
-        code, _ = await readReply(reader)
-        if code != 250:
-            raise ProtocolFailure(f"EHLO reply {replies}: {code}")
-        replies += 1
+        await unread.expect([(250,)] * 1000, f"RSET replies {replies} on")
+        replies += 1000
+        if args.read_rate:  # a steady reader slower than the server
+            ahead = readStart + replies / args.read_rate - time.perf_counter()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
     await writing
     elapsed = time.perf_counter() - start
-    await quit(reader, writer)
+    writer.write(b"QUIT\r\n")
+    await unread.expect([(221,)], "QUIT")
+    writer.close()
     return {"acked": replies, "commands": batches * 1000, "elapsed": elapsed}
 
 
@@ -342,6 +457,7 @@ async def tls(args: argparse.Namespace) -> dict[str, Any]:
 
 MODES: dict[str, Callable[[argparse.Namespace], Awaitable[dict[str, Any]]]] = {
     "pipeline": pipeline,
+    "bdat": bdat,
     "stream": stream,
     "idle": idle,
     "slowreader": slowreader,
@@ -362,6 +478,12 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=5)
     parser.add_argument("--commands", type=int, default=30000)
     parser.add_argument("--pause", type=float, default=2.0)
+    parser.add_argument(
+        "--read-rate",
+        type=float,
+        default=0,
+        help="slowreader: replies read per second after the pause (0: no limit)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
 

@@ -2,12 +2,12 @@
 A twisted.mail ESMTP server that accepts every message and drops its lines:
 the twisted.mail peer of the benchmark.
 
-    python bench/peers/twisted_mail_sink.py PORT [STATS_FILE]
+    python bench/peers/twisted_mail_sink.py PORT [STATS_FILE [BACKLOG]]
 
-Listens on 127.0.0.1:PORT. On shutdown (SIGTERM/SIGINT) it writes the number
-of messages it completed and the bytes of their lines to STATS_FILE as JSON,
-so the benchmark can check that what the clients were told was delivered
-really arrived.
+Listens on 127.0.0.1:PORT, with a listen backlog of BACKLOG (default 1024).
+On shutdown (SIGTERM/SIGINT) it writes the number of messages it completed
+and the bytes of their lines to STATS_FILE as JSON, so the benchmark can
+check that what the clients were told was delivered really arrived.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ class DropFactory(smtp.SMTPFactory):
 def main() -> None:
     port = int(sys.argv[1])
     statsFile = sys.argv[2] if len(sys.argv) > 2 else None
+    backlog = int(sys.argv[3]) if len(sys.argv) > 3 else 1024
     # Log warnings and errors only (to stderr), so nothing piles up in memory.
     globalLogBeginner.beginLoggingTo(
         [
@@ -103,7 +104,7 @@ def main() -> None:
                 json.dump({"messages": Stats.messages, "lineBytes": Stats.lineBytes}, f)
 
     reactor.addSystemEventTrigger("before", "shutdown", writeStats)
-    reactor.listenTCP(port, DropFactory(), interface="127.0.0.1", backlog=1024)
+    reactor.listenTCP(port, DropFactory(), interface="127.0.0.1", backlog=backlog)
     reactor.run()
 
 
