@@ -46,8 +46,15 @@ class ESMTPHandler:
     @ivar disconnect: set to C{True} to close after the current reply.
     """
 
+    # Slots, so that a handler that keeps nothing of its own (Sink) costs an
+    # idle connection no dict; subclasses may add attributes as usual.
+    __slots__ = ("session", "disconnect")
+
     session: Session
-    disconnect: bool = False
+    disconnect: bool
+
+    def __init__(self) -> None:
+        self.disconnect = False
 
     def CONNECT(self) -> HookResult:
         return Reply(220, f"{self.session.hostname} ESMTP Mail Server")

@@ -54,6 +54,11 @@ SKIPLINE = "skipline"  # raw mode: discarding the rest of an over-long line
 # (RFC 2920 section 3.1; BDAT is followed by its chunk, QUIT by nothing).
 _MUST_WAIT = frozenset({"HELO", "EHLO", "DATA", "STARTTLS", "AUTH"})
 
+# Why input is held (bits of ESMTPProtocol._paused).
+_HELD_HOOK = 1  # a hook is pending
+_HELD_OUTPUT = 2  # the client is not reading its replies
+_HELD_GREETING = 4  # waiting for greetingDelay
+
 HELD_INPUT = 65536
 """
 Unprocessed input held while paused, in bytes, beyond which the transport
@@ -98,29 +103,106 @@ class ESMTPProtocol(
         (a connection refused for a limit, or a handler factory that failed).
     """
 
-    _directSocket: Any = None  # see _sendNow
-    _outgoing: list[bytes] | None = None  # see _send
+    # Every attribute of a connection, its base classes' included, lives in
+    # a slot: no per-connection __dict__, which matters with thousands of
+    # idle connections. __init__ sets each one (a slot has no class default).
+    __slots__ = (
+        # Twisted's Protocol, LineReceiver and TimeoutMixin
+        "transport",
+        "connected",
+        "factory",
+        "line_mode",
+        "_buffer",
+        "_busyReceiving",
+        "paused",
+        "MAX_LENGTH",
+        "timeOut",
+        "_TimeoutMixin__timeoutCall",
+        "callLater",
+        # PushbackLineReceiver
+        "bareLineEnding",
+        "moreInput",
+        "_pushedBack",
+        "_closing",
+        # MessageReceiver
+        "_msg",
+        "_deadline",
+        "_deadlineCall",
+        "_chunkRemaining",
+        "_chunkLast",
+        "_chunkRefusal",
+        "_chunkSize",
+        "_skipHooks",
+        # SecureCommands
+        "_authFailures",
+        "_sasl",
+        "_saslFinal",
+        "_identity",
+        "_directSocket",
+        # this class
+        "settings",
+        "log",
+        "session",
+        "handler",
+        "_hooks",
+        "_state",
+        "_verb",
+        "_skipReturn",
+        "_skipCR",
+        "_errors",
+        "_greetingCall",
+        "_pausedAt",
+        "_paused",
+        "_transportPaused",
+        "_debug",
+        "_outgoing",
+    )
 
     def __init__(self, factory: ESMTPFactory) -> None:
+        self.transport = None
+        self.connected = 0
         self.factory = factory
+        self.line_mode = 1
+        self._buffer = b""
+        self._busyReceiving = False
+        self.paused = False
+        self.timeOut = None
+        self._TimeoutMixin__timeoutCall = None
+        self.callLater = factory.clock.callLater  # type: ignore[method-assign,assignment]
+        self.bareLineEnding = False
+        self.moreInput = False
+        self._pushedBack = b""
+        self._closing = False
+        self._msg = None
+        self._deadline = 0.0
+        self._deadlineCall = None
+        self._chunkRemaining = 0
+        self._chunkLast = False
+        self._chunkRefusal = None
+        self._chunkSize = 0
+        self._skipHooks = frozenset()
+        self._authFailures = 0
+        self._sasl = None
+        self._saslFinal = None
+        self._identity = None
+        self._directSocket = None  # see _sendNow
         self.settings = settings = factory.settings
         self.log = factory.log
         self.MAX_LENGTH = settings.maxLineLength
-        self.callLater = factory.clock.callLater  # type: ignore[method-assign,assignment]
         self.session = Session(hostname=settings.hostname)
         self.handler: Any = None
         self._hooks: HookRunner = None  # type: ignore[assignment]
         self._state = GREETING
+        self._verb = "CONNECT"  # the command being answered, for the log
         self._skipReturn = COMMAND
         self._skipCR = False
-        self._closing = False
         self._errors = 0
         self._greetingCall: IDelayedCall | None = None
         self._pausedAt = 0.0
-        self._pauseReasons: set[str] = set()
+        self._paused = 0  # why input is held: a mask of the _HELD_* reasons
         self._transportPaused = False
         self._debug = factory.log.enabled(LogLevel.debug)
-        self._verb = "CONNECT"  # the command being answered, for the log
+        self._outgoing: list[bytes] | None = None  # see _send
 
     # -- connection life cycle --------------------------------------------
 
@@ -180,7 +262,7 @@ class ESMTPProtocol(
         if self.settings.greetingDelay:
             # Hold any input until the greeting is out (dataReceived still
             # sees it arrive, to catch early talkers).
-            self._pauseInput("greeting", stopTransport=False)
+            self._pauseInput(_HELD_GREETING, stopTransport=False)
             self._greetingCall = self.factory.clock.callLater(
                 self.settings.greetingDelay, self._greet
             )
@@ -191,8 +273,8 @@ class ESMTPProtocol(
         self._greetingCall = None
         self._hooks.run(self._hooks.callReply, "CONNECT", (), self._greeted)
         self._hooks.drive()
-        if "greeting" in self._pauseReasons:
-            self._resumeInput("greeting")
+        if self._paused & _HELD_GREETING:
+            self._resumeInput(_HELD_GREETING)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)
@@ -247,13 +329,13 @@ class ESMTPProtocol(
         self._pausedAt = self.factory.clock.seconds()
         # Before the greeting, keep reading: a client that talks first is
         # caught by dataReceived.
-        self._pauseInput("hook", stopTransport=self._state != GREETING)
+        self._pauseInput(_HELD_HOOK, stopTransport=self._state != GREETING)
 
     def _resumeAfterHook(self) -> None:
         if not self._closing:
             self._holdDeadline(self.factory.clock.seconds() - self._pausedAt)
             self.setTimeout(self.settings.idleTimeout)
-        self._resumeInput("hook")
+        self._resumeInput(_HELD_HOOK)
 
     def pauseProducing(self) -> None:
         """
@@ -262,24 +344,24 @@ class ESMTPProtocol(
         (a TLS layer waiting for its handshake pauses us this way too) until
         more than L{HELD_INPUT} bytes wait unprocessed.
         """
-        self._pauseInput("output", stopTransport=False)
+        self._pauseInput(_HELD_OUTPUT, stopTransport=False)
 
     def resumeProducing(self) -> None:
-        self._resumeInput("output")
+        self._resumeInput(_HELD_OUTPUT)
 
     def stopProducing(self) -> None:
         self._closing = True
 
-    def _pauseInput(self, reason: str, stopTransport: bool = True) -> None:
-        self._pauseReasons.add(reason)
+    def _pauseInput(self, reason: int, stopTransport: bool = True) -> None:
+        self._paused |= reason
         self.paused = True
         if stopTransport and not self._transportPaused and not self._closing:
             self._transportPaused = True
             self.transport.pauseProducing()
 
-    def _resumeInput(self, reason: str) -> None:
-        self._pauseReasons.discard(reason)
-        if self._pauseReasons:
+    def _resumeInput(self, reason: int) -> None:
+        self._paused &= ~reason
+        if self._paused:
             return
         self.paused = False
         if self._closing:
