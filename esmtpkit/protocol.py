@@ -118,7 +118,6 @@ class ESMTPProtocol(
         "MAX_LENGTH",
         "timeOut",
         "_TimeoutMixin__timeoutCall",
-        "callLater",
         # PushbackLineReceiver
         "bareLineEnding",
         "moreInput",
@@ -168,7 +167,6 @@ class ESMTPProtocol(
         self.paused = False
         self.timeOut = None
         self._TimeoutMixin__timeoutCall = None
-        self.callLater = factory.clock.callLater  # type: ignore[method-assign,assignment]
         self.bareLineEnding = False
         self.moreInput = False
         self._pushedBack = b""
@@ -203,6 +201,12 @@ class ESMTPProtocol(
         self._transportPaused = False
         self._debug = factory.log.enabled(LogLevel.debug)
         self._outgoing: list[bytes] | None = None  # see _send
+
+    def callLater(self, period: float, func: Callable[[], object]) -> Any:
+        """
+        TimeoutMixin's timer, on the factory's clock (a L{Clock} in tests).
+        """
+        return self.factory.clock.callLater(period, func)
 
     # -- connection life cycle --------------------------------------------
 
