@@ -92,6 +92,10 @@ def _sequence(text: str) -> Reply:
     return Reply(503, text, enhanced="5.5.1")
 
 
+_NO_REVERSE_PATH = _syntax("MAIL requires return-path")
+_NO_FORWARD_PATH = _syntax("RCPT requires forward-path")
+
+
 class ESMTPProtocol(
     PushbackLineReceiver, MessageReceiver, SecureCommands, TimeoutMixin
 ):
@@ -704,7 +708,7 @@ class ESMTPProtocol(
         self._hooks.run(self._hooks.callReply, "MAIL", (sender, params), answered)
 
     def _mailArguments(self, arg: str) -> tuple[str, Params]:
-        sender, text = parsePath(arg, "FROM", _syntax("MAIL requires return-path"))
+        sender, text = parsePath(arg, "FROM", _NO_REVERSE_PATH)
         params = checkMailParams(
             parseParams(text, utf8=self.settings.smtputf8),
             self.settings,
@@ -724,9 +728,7 @@ class ESMTPProtocol(
             self._write(_sequence("Need MAIL before RCPT"))
             return
         try:
-            recipient, text = parsePath(
-                arg, "TO", _syntax("RCPT requires forward-path")
-            )
+            recipient, text = parsePath(arg, "TO", _NO_FORWARD_PATH)
             utf8 = self.settings.smtputf8 and "SMTPUTF8" in transaction.mailParams
             params = checkRcptParams(
                 parseParams(text, utf8=utf8), self.settings, self.session.esmtp, utf8
