@@ -143,16 +143,7 @@ class HookRunner:
         """
         if self._driving or not (self._steps or self._paused):
             return
-        self._driving = True
-        try:
-            steps = self._steps
-            while steps and self.pending is None:
-                steps.pop(0)()
-        finally:
-            self._driving = False
-        if self.pending is None and self._paused:
-            self._paused = False
-            self._resume()
+        self._runSteps(None, ())
 
     def run(self, step: Callable[..., None], *args: Any) -> None:
         """
@@ -163,9 +154,15 @@ class HookRunner:
             self._steps.insert(0, lambda: step(*args))
             self.drive()
             return
+        self._runSteps(step, args)
+
+    def _runSteps(
+        self, first: Callable[..., None] | None, args: tuple[Any, ...]
+    ) -> None:
         self._driving = True
         try:
-            step(*args)
+            if first is not None:
+                first(*args)
             steps = self._steps
             while steps and self.pending is None:
                 steps.pop(0)()
