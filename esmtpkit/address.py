@@ -9,7 +9,7 @@ import functools
 import ipaddress
 import re
 
-__all__ = ["isValidMailbox", "isValidDomain", "isASCII"]
+__all__ = ["isValidMailbox", "isValidDomain"]
 
 MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255
@@ -26,13 +26,6 @@ _LABEL_UTF8 = re.compile(
     r"(?:[A-Za-z0-9]|[^\x00-\x7f])(?:(?:[A-Za-z0-9-]|[^\x00-\x7f])*(?:[A-Za-z0-9]|[^\x00-\x7f]))?\Z"
 )
 _GENERAL_LITERAL = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+\Z")
-
-
-def isASCII(text: str) -> bool:
-    """
-    Whether C{text} is plain ASCII.
-    """
-    return text.isascii()
 
 
 def _octets(text: str) -> int:

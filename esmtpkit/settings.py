@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.logger import LogLevel
@@ -170,10 +170,3 @@ class Settings:
             return False
         networks: tuple[Any, ...] = self.exemptNetworks  # type: ignore[attr-defined]
         return any(address in network for network in networks)
-
-    @classmethod
-    def names(cls) -> list[str]:
-        """
-        The names of all settings.
-        """
-        return [f.name for f in fields(cls)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from esmtpkit.address import isASCII, isValidDomain, isValidMailbox
+from esmtpkit.address import isValidDomain, isValidMailbox
 
 VALID = [
     "user@example.org",
@@ -219,12 +219,3 @@ class DomainTests(SynchronousTestCase):
         """
         self.assertFalse(isValidDomain("bücher.example"))
         self.assertTrue(isValidDomain("bücher.example", utf8=True))
-
-
-def test_isASCII() -> None:
-    """
-    L{isASCII} tells plain ASCII from anything else.
-    """
-    assert isASCII("user@example.org")
-    assert not isASCII("jörg@example.org")
-    assert isASCII("")
