@@ -121,6 +121,7 @@ class ESMTPFactory(ServerFactory):
             observer=logObserver if logObserver is not None else globalLogPublisher,
         )
         self.connections: set[ESMTPProtocol] = set()
+        self.ehloTails: dict[tuple[int, tuple[str, ...]], str] = {}
         self.tls = tls
         self.authenticator = Authenticator(portal) if portal is not None else None
         self._perPeer: dict[str, int] = {}

@@ -5,6 +5,8 @@ Subclass it and override only the hooks you need.
 
 from __future__ import annotations
 
+import functools
+
 from zope.interface import implementer
 
 from .interfaces import IESMTPHandler
@@ -57,7 +59,7 @@ class ESMTPHandler:
         self.disconnect = False
 
     def CONNECT(self) -> HookResult:
-        return Reply(220, f"{self.session.hostname} ESMTP Mail Server")
+        return _greeting(self.session.hostname)
 
     def HELO(self, domain: str) -> HookResult:
         return Reply(250, _hello(self.session, domain))
@@ -133,6 +135,11 @@ class ESMTPHandler:
 
     def DISCONNECT(self) -> HookResult:
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def _greeting(hostname: str) -> Reply:
+    return Reply(220, f"{hostname} ESMTP Mail Server")
 
 
 def _unknownParameter(params: Params) -> Reply | None:

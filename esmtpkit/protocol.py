@@ -33,7 +33,7 @@ from .interfaces import IESMTPHandler
 from .lines import PushbackLineReceiver
 from .message import CHUNK, COMMAND, HEADERS, MessageReceiver
 from .params import checkMailParams, checkRcptParams
-from .reply import Reply, ReplyError
+from .reply import Reply, ReplyError, formatLines
 from .security import AUTH_STATE, SecureCommands
 from .session import Params, Recipient, Session
 
@@ -569,7 +569,9 @@ class ESMTPProtocol(
         # does not count as a client error.
         kind = reply.code // 100
         if kind == 2:
-            self._write(self._withHostname(Reply(220, *reply.lines)), enhanced=False)
+            if reply.code != 220:
+                reply = Reply(220, *reply.lines)
+            self._write(self._withHostname(reply), enhanced=False)
             self._state = COMMAND
             return
         code = 421 if kind == 4 else 554
@@ -637,6 +639,26 @@ class ESMTPProtocol(
             keywords.append(f"LIMITS RCPTMAX={settings.maxRecipients}")
         return keywords + self._secureExtensions()
 
+    def _ehloReply(self, reply: Reply) -> Reply:
+        """
+        The EHLO reply: its first line, the extensions, then the rest of the
+        handler's lines (extra keywords). All but the first line are the
+        same from one connection to the next, so their wire form is made once.
+        """
+        tail = (*self.extensions(), *reply.lines[1:])
+        if not tail:
+            return reply
+        cache = self.factory.ehloTails
+        key = (reply.code, tail)
+        text = cache.get(key)
+        if text is None:
+            text = formatLines(reply.code, tail)
+            if len(cache) < 64:
+                cache[key] = text
+        first = formatLines(reply.code, reply.lines[:1], final=False)
+        wire = (first + text).encode("utf-8", "surrogateescape")
+        return Reply._ofCleanLines(reply.code, (reply.lines[0], *tail), wire)
+
     def _abortStep(self) -> None:
         """
         End the open transaction, if any, with ABORT.
@@ -669,9 +691,7 @@ class ESMTPProtocol(
                 self.session.esmtp = verb == "EHLO"
                 reply = self._withHostname(reply)
                 if verb == "EHLO":
-                    reply = Reply(
-                        reply.code, reply.lines[0], *self.extensions(), *reply.lines[1:]
-                    )
+                    reply = self._ehloReply(reply)
             self._write(reply, enhanced=False)
 
         self._hooks.now(

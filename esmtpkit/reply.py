@@ -128,19 +128,27 @@ class Reply:
         cached = self._wire[1 if enhanced else 0]
         if cached is not None:
             return cached
-        code = str(self.code)
-        prefix = ""
-        if enhanced and self.enhanced is not None:
-            prefix = self.enhanced + " "
-        last = len(self.lines) - 1
-        out = []
-        for index, line in enumerate(self.lines):
-            sep = " " if index == last else "-"
-            text = prefix + line if (prefix or line) else ""
-            out.append(f"{code}{sep}{text}".rstrip(" ") + "\r\n")
-        wire = "".join(out).encode("utf-8", "surrogateescape")
+        prefix = self.enhanced + " " if enhanced and self.enhanced is not None else ""
+        wire = formatLines(self.code, self.lines, prefix).encode(
+            "utf-8", "surrogateescape"
+        )
         self._wire = (wire, self._wire[1]) if not enhanced else (self._wire[0], wire)
         return wire
+
+    @classmethod
+    def _ofCleanLines(
+        cls, code: int, lines: tuple[str, ...], wire: bytes | None = None
+    ) -> Reply:
+        """
+        A reply without an enhanced code, made of lines taken from other
+        replies (already checked), and optionally its wire form.
+        """
+        reply = cls.__new__(cls)
+        reply.code = code
+        reply.lines = lines
+        reply.enhanced = None
+        reply._wire = (wire, wire)
+        return reply
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Reply):
@@ -158,6 +166,24 @@ class Reply:
         extra = f", enhanced={self.enhanced!r}" if self.enhanced else ""
         lines = ", ".join(repr(line) for line in self.lines)
         return f"Reply({self.code}, {lines}{extra})"
+
+
+def formatLines(
+    code: int, lines: Sequence[str], prefix: str = "", final: bool = True
+) -> str:
+    """
+    Reply lines as text: C{"250-line"} for each but the last, which is
+    C{"250 line"} if C{final}; each ends with CRLF.
+
+    @param prefix: put before each line's text (an enhanced status code).
+    """
+    out = []
+    last = len(lines) - 1
+    for index, line in enumerate(lines):
+        sep = " " if final and index == last else "-"
+        text = prefix + line if (prefix or line) else ""
+        out.append(f"{code}{sep}{text}".rstrip(" ") + "\r\n")
+    return "".join(out)
 
 
 ReplyLike = Reply | Sequence[object]
