@@ -530,10 +530,36 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 ) from None
 
 
+def raiseFileLimit(resourceModule: Any = None, ceiling: int = 65536) -> int:
+    """
+    Raise this process's soft limit of open files up to its hard limit (at
+    most C{ceiling}): every connection is a file descriptor, and the usual
+    soft limit of 1024 would stop the server near its default
+    C{--max-connections}.
+
+    @return: the soft limit now in force.
+    """
+    if resourceModule is None:
+        try:
+            import resource as resourceModule
+        except ImportError:  # not Unix
+            return 0
+    soft, hard = resourceModule.getrlimit(resourceModule.RLIMIT_NOFILE)
+    wanted = ceiling if hard == resourceModule.RLIM_INFINITY else min(hard, ceiling)
+    if soft != resourceModule.RLIM_INFINITY and soft < wanted:
+        try:
+            resourceModule.setrlimit(resourceModule.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    return int(soft)
+
+
 def makeService(options: Options) -> IService:
     """
     The service that C{twistd esmtpkit} runs.
     """
+    raiseFileLimit()
     if options["workers"] > 1:
         return WorkerSupervisor(
             options["workers"], options["ports"], options.workerArguments()

@@ -353,3 +353,41 @@ def test_otherHandlerAndSeveralPorts(tmp_path: Path) -> None:
         assert _send(first)[0] == 250
         assert _send(second)[0] == 250
     assert not (tmp_path / "Maildir").exists()
+
+
+class _FakeResource:
+    """
+    Stands in for the C{resource} module.
+    """
+
+    RLIMIT_NOFILE = 7
+    RLIM_INFINITY = -1
+
+    def __init__(self, soft: int, hard: int) -> None:
+        self.limits = (soft, hard)
+
+    def getrlimit(self, which: int) -> tuple[int, int]:
+        assert which == self.RLIMIT_NOFILE
+        return self.limits
+
+    def setrlimit(self, which: int, limits: tuple[int, int]) -> None:
+        assert which == self.RLIMIT_NOFILE
+        self.limits = limits
+
+
+def test_raiseFileLimit() -> None:
+    """
+    The soft limit of open files is raised to the hard limit, capped, and
+    never lowered.
+    """
+    from esmtpkit.tap import raiseFileLimit
+
+    low = _FakeResource(1024, 4096)
+    assert raiseFileLimit(low) == 4096
+    assert low.limits == (4096, 4096)
+    huge = _FakeResource(1024, _FakeResource.RLIM_INFINITY)
+    assert raiseFileLimit(huge, ceiling=65536) == 65536
+    assert huge.limits == (65536, -1)
+    high = _FakeResource(100000, 200000)
+    assert raiseFileLimit(high, ceiling=65536) == 100000
+    assert high.limits == (100000, 200000)
