@@ -97,6 +97,12 @@ class SMTPTestConnection:
         out yet (an asynchronous CONNECT hook).
     """
 
+    transportFactory: Any = StringTransportWithDisconnection
+    """
+    The in-memory transport class (a subclass may give one that provides
+    C{ITLSTransport}, to test STARTTLS).
+    """
+
     def __init__(
         self,
         handlerFactory: HandlerFactory,
@@ -117,7 +123,7 @@ class SMTPTestConnection:
             **overrides,
         )
         peer = peer or IPv4Address("TCP", "192.0.2.1", 49152)
-        self.transport = StringTransportWithDisconnection(
+        self.transport = self.transportFactory(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 25), peerAddress=peer
         )
         self.protocol: ESMTPProtocol = self.factory.buildProtocol(peer)

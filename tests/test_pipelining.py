@@ -480,7 +480,7 @@ class OutputTests(SynchronousTestCase):
             writes.append(data)
             original(data)
 
-        conn.transport.write = write  # type: ignore[method-assign]
+        conn.transport.write = write
         conn.send(
             b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n"
             b"RCPT TO:<c@example.org>\r\nDATA\r\n"
@@ -512,7 +512,7 @@ class OutputTests(SynchronousTestCase):
                 full = True
                 protocol.pauseProducing()
 
-        transport.write = write  # type: ignore[method-assign]
+        transport.write = write
         flood = b"RSET\r\n" * (65536 // 6)
         largest = 0
         for _turn in range(300):

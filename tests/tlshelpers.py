@@ -31,16 +31,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
-from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ISSLTransport, ITLSTransport
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
 from zope.interface import alsoProvides, implementer
 
 from esmtpkit import ESMTPHandler
-from esmtpkit.factory import ESMTPFactory
 from esmtpkit.reply import Reply
-from esmtpkit.testing import LogCollector, SMTPTestConnection, parseReplies
+from esmtpkit.testing import SMTPTestConnection, parseReplies
 
 LOOPBACK = "127.0.0.1"
 
@@ -387,35 +384,7 @@ class TLSTestConnection(SMTPTestConnection):
     """
 
     transport: TLSStringTransport
-
-    def __init__(
-        self,
-        handlerFactory: Any,
-        settings: Any = None,
-        *,
-        clock: Clock | None = None,
-        **overrides: Any,
-    ) -> None:
-        self.clock = clock or Clock()
-        self.log = LogCollector()
-        overrides.setdefault("hostname", "mx.example.test")
-        self.factory = ESMTPFactory(
-            handlerFactory,
-            settings,
-            clock=self.clock,
-            logObserver=self.log,
-            **overrides,
-        )
-        peer = IPv4Address("TCP", "192.0.2.1", 49152)
-        self.transport = TLSStringTransport(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 25), peerAddress=peer
-        )
-        self.protocol = self.factory.buildProtocol(peer)
-        self.transport.protocol = self.protocol
-        self._read = 0
-        self.protocol.makeConnection(self.transport)
-        replies = self.replies()
-        self.greeting = replies[0] if replies else None
+    transportFactory = TLSStringTransport
 
     def starttls(self, handle: FakeTLSHandle | None = None) -> Any:
         """
