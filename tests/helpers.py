@@ -136,8 +136,10 @@ class TwistdServer:
         cwd: Path,
         port: int | None,
         env: dict[str, str] | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         self.args = [twistdExecutable(), *args]
+        self.preexec = preexec
         self.cwd = Path(cwd)
         self.port = port
         self.env = env
@@ -158,6 +160,7 @@ class TwistdServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
+                preexec_fn=self.preexec,
             )
         if self.port is None:
             return

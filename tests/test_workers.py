@@ -57,12 +57,12 @@ import pytest
 
 from .helpers import (
     LOOPBACK,
+    TwistdServer,
     freePort,
     maildirFiles,
     probeSMTP,
     readReplies,
     splitReceived,
-    twistdExecutable,
 )
 from .tlshelpers import clientContext, fingerprint, makePKI
 
@@ -147,11 +147,12 @@ def killQuietly(pid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
-class Server:
+class Server(TwistdServer):
     """
-    C{twistd -n --pidfile= esmtpkit OPTIONS} in C{cwd}, output into a file
-    there. C{readyPort}, if given, is probed for a 220 greeting before
-    L{start} returns. C{cpus}, if given, pins the server to those CPUs.
+    C{twistd -n --pidfile= esmtpkit OPTIONS} in C{cwd} (a L{TwistdServer}
+    that also knows its workers). C{readyPort}, if given, is probed for a
+    220 greeting before L{start} returns. C{cpus}, if given, pins the server
+    to those CPUs.
     """
 
     def __init__(
@@ -161,52 +162,22 @@ class Server:
         readyPort: int | None,
         cpus: set[int] | None = None,
     ) -> None:
-        self.cwd = cwd
-        self.args = [twistdExecutable(), "-n", "--pidfile=", "esmtpkit", *options]
-        self.readyPort = readyPort
-        self.cpus = cpus
-        self.outputPath = cwd / "twistd-output.txt"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.seen: set[int] = set()  # every worker PID ever noticed
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, readyTimeout: float = 20.0) -> None:
-        cpus = self.cpus
         preexec = None
         if cpus is not None:
 
             def preexec() -> None:
                 os.sched_setaffinity(0, cpus)
 
-        with open(self.outputPath, "wb") as out:
-            self.process = subprocess.Popen(
-                self.args,
-                cwd=self.cwd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=preexec,
-            )
-        if self.readyPort is None:
-            return
-        deadline = time.monotonic() + readyTimeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"twistd exited with {self.process.returncode} before it was "
-                    f"ready:\n{self.tail()}"
-                )
-            if probeSMTP(self.readyPort, timeout=1.0):
-                return
-            time.sleep(0.05)
-        raise AssertionError(
-            f"twistd did not answer on port {self.readyPort} within "
-            f"{readyTimeout}s:\n{self.tail()}"
+        super().__init__(
+            ["-n", "--pidfile=", "esmtpkit", *options], cwd, readyPort, preexec=preexec
         )
+        self.readyPort = readyPort
+        self.seen: set[int] = set()  # every worker PID ever noticed
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
     def workers(self) -> set[int]:
         found = childrenOf(self.pid)
@@ -229,12 +200,6 @@ class Server:
         )
         workers: set[int] = found[0]
         return workers
-
-    def output(self) -> str:
-        try:
-            return self.outputPath.read_text("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.output().splitlines()[-lines:])
@@ -264,15 +229,8 @@ class Server:
         return process.returncode
 
     def __enter__(self) -> Server:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def runToCompletion(
