@@ -19,6 +19,7 @@ from twisted.logger import (
 )
 
 from .auth import Authenticator
+from .idle import IdleTimer
 from .protocol import ESMTPProtocol
 from .reply import Reply
 from .settings import Settings
@@ -121,6 +122,7 @@ class ESMTPFactory(ServerFactory):
             observer=logObserver if logObserver is not None else globalLogPublisher,
         )
         self.connections: set[ESMTPProtocol] = set()
+        self.idleTimer = IdleTimer(clock, self.settings.idleTimeout, self.connections)
         self.ehloTails: dict[tuple[int, tuple[str, ...]], str] = {}
         self.tls = tls
         self.authenticator = Authenticator(portal) if portal is not None else None
@@ -165,3 +167,5 @@ class ESMTPFactory(ServerFactory):
                 self._perPeer[peer] = count
             else:
                 self._perPeer.pop(peer, None)
+            if not self.connections:
+                self.idleTimer.stop()

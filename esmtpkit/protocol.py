@@ -23,7 +23,6 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import LogLevel
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from .command import checkMailbox, parseParams, parsePath, splitCommand
@@ -96,9 +95,7 @@ _NO_REVERSE_PATH = _syntax("MAIL requires return-path")
 _NO_FORWARD_PATH = _syntax("RCPT requires forward-path")
 
 
-class ESMTPProtocol(
-    PushbackLineReceiver, MessageReceiver, SecureCommands, TimeoutMixin
-):
+class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, SecureCommands):
     """
     One SMTP server connection, driving one L{IESMTPHandler}.
 
@@ -111,7 +108,7 @@ class ESMTPProtocol(
     # a slot: no per-connection __dict__, which matters with thousands of
     # idle connections. __init__ sets each one (a slot has no class default).
     __slots__ = (
-        # Twisted's Protocol, LineReceiver and TimeoutMixin
+        # Twisted's Protocol and LineReceiver
         "transport",
         "connected",
         "factory",
@@ -120,8 +117,6 @@ class ESMTPProtocol(
         "_busyReceiving",
         "paused",
         "MAX_LENGTH",
-        "timeOut",
-        "_TimeoutMixin__timeoutCall",
         # PushbackLineReceiver
         "bareLineEnding",
         "moreInput",
@@ -159,6 +154,7 @@ class ESMTPProtocol(
         "_transportPaused",
         "_debug",
         "_outgoing",
+        "idleSince",
     )
 
     def __init__(self, factory: ESMTPFactory) -> None:
@@ -169,8 +165,6 @@ class ESMTPProtocol(
         self._buffer = b""
         self._busyReceiving = False
         self.paused = False
-        self.timeOut = None
-        self._TimeoutMixin__timeoutCall = None
         self.bareLineEnding = False
         self.moreInput = False
         self._pushedBack = b""
@@ -205,12 +199,7 @@ class ESMTPProtocol(
         self._transportPaused = False
         self._debug = factory.log.enabled(LogLevel.debug)
         self._outgoing: list[bytes] | None = None  # see _send
-
-    def callLater(self, period: float, func: Callable[[], object]) -> Any:
-        """
-        TimeoutMixin's timer, on the factory's clock (a L{Clock} in tests).
-        """
-        return self.factory.clock.callLater(period, func)
+        self.idleSince: float | None = None  # see IdleTimer
 
     # -- connection life cycle --------------------------------------------
 
@@ -266,7 +255,7 @@ class ESMTPProtocol(
             self._pauseForHook,
             self._resumeAfterHook,
         )
-        self.setTimeout(self.settings.idleTimeout)
+        self.factory.idleTimer.start(self)
         if self.settings.greetingDelay:
             # Hold any input until the greeting is out (dataReceived still
             # sees it arrive, to catch early talkers).
@@ -285,7 +274,7 @@ class ESMTPProtocol(
             self._resumeInput(_HELD_GREETING)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.setTimeout(None)
+        self.idleSince = None
         self._stopDeadline()
         if self._greetingCall is not None and self._greetingCall.active():
             self._greetingCall.cancel()
@@ -311,6 +300,10 @@ class ESMTPProtocol(
         )
 
     def timeoutConnection(self) -> None:
+        """
+        Called by the factory's L{IdleTimer}: the client has been silent for
+        C{idleTimeout} seconds.
+        """
         self.log.info("session {session} timed out", session=self.session.id)
         self._write(
             Reply(
@@ -333,7 +326,7 @@ class ESMTPProtocol(
     # write buffer is full). Reading resumes when neither holds.
 
     def _pauseForHook(self) -> None:
-        self.setTimeout(None)
+        self.idleSince = None
         self._pausedAt = self.factory.clock.seconds()
         # Before the greeting, keep reading: a client that talks first is
         # caught by dataReceived.
@@ -342,7 +335,7 @@ class ESMTPProtocol(
     def _resumeAfterHook(self) -> None:
         if not self._closing:
             self._holdDeadline(self.factory.clock.seconds() - self._pausedAt)
-            self.setTimeout(self.settings.idleTimeout)
+            self.factory.idleTimer.start(self)
         self._resumeInput(_HELD_HOOK)
 
     def pauseProducing(self) -> None:
@@ -415,7 +408,8 @@ class ESMTPProtocol(
             if self._state == GREETING and self.settings.enforceSync:
                 self._violation("client talked before the greeting")
                 return
-            self.resetTimeout()
+            if self.idleSince is not None:
+                self.idleSince = self.factory.clock.seconds()
         if self._outgoing is not None:  # re-entered: the outer call flushes
             super().dataReceived(data)
             return
