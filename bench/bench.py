@@ -73,6 +73,7 @@ class Profile:
     c_size: int = 10 * MiB
     d_clients: int = 20
     e_probes: int = 5
+    e2_connections: int = 10_000  # E2: many idle connections held
     f_sessions: int = 10
     f_batch: int = 10  # F2: whole messages per write
     g_sessions: int = 10
@@ -285,7 +286,9 @@ class ServerSpec:
     command: Callable[[int, Path, int, list[str]], list[str]]
     delivered: Callable[[Path], int | None] = lambda scratch: None
     tlsArgs: Callable[[str, str], list[str]] | None = None
-    scenarios: tuple[str, ...] = ("A", "B", "C", "D", "E", "F", "F2", "G", "H")
+    scenarios: tuple[str, ...] = (
+        "A", "B", "C", "D", "E", "E2", "F", "F2", "G", "H"
+    )
     scenarioArgs: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     pinned: bool = True
 
@@ -382,6 +385,7 @@ ESMTPKIT_SCENARIO_ARGS = {
     # E holds thousands of connections; the default limit is 1000 at once
     # (the per-IP limit of 50 does not apply to loopback by default).
     "E": ["--max-connections", "20000"],
+    "E2": ["--max-connections", "20000"],
 }
 
 
@@ -411,7 +415,7 @@ def servers(selected: list[str] | None) -> list[ServerSpec]:
             smtpSinkCommand,
             smtpSinkDelivered,
             # -m: connections served at once (default 256)
-            scenarioArgs={"E": ["-m", "20000"]},
+            scenarioArgs={"E": ["-m", "20000"], "E2": ["-m", "20000"]},
         ),
         ServerSpec(
             REFERENCE,
@@ -819,6 +823,23 @@ def scenarioD(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
 
 
 def scenarioE(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
+    return idleConnections(server, p, ctx, p.e_connections)
+
+
+def scenarioE2(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if min(soft, hard) < p.e2_connections + 100:
+        return {"na": f"n/a (file-descriptor limit {min(soft, hard)})"}
+    return idleConnections(server, p, ctx, p.e2_connections)
+
+
+def idleConnections(
+    server: Server, p: Profile, ctx: Context, connections: int
+) -> dict[str, Any]:
+    """
+    Open C{connections} connections that say EHLO and then nothing; measure
+    the server's RSS growth, and the latency of probe transactions meanwhile.
+    """
     time.sleep(0.3)
     before = server.rss()
     client = Client(
@@ -827,7 +848,7 @@ def scenarioE(server: Server, p: Profile, ctx: Context) -> dict[str, Any]:
         ctx.label,
         "idle",
         port=server.port,
-        connections=p.e_connections,
+        connections=connections,
         probes=p.e_probes,
         timeout=300,
     )
@@ -1000,6 +1021,16 @@ SCENARIOS = [
         scenarioE,
     ),
     Scenario(
+        "E2",
+        "many idle connections held open, 5 probe transactions meanwhile",
+        [
+            Metric("connections", "connections held", "higher", 0, ratio=False),
+            Metric("kib_per_idle_conn", "KiB/idle conn", "lower", 2),
+            Metric("probe_ms_max", "probe ms (max)", "lower", 1, ratio=False),
+        ],
+        scenarioE2,
+    ),
+    Scenario(
         "F",
         "pipelined by RFC 2920, 10 sessions: each write = one message's "
         "content and final dot + the next MAIL, RCPT, DATA (then wait for "
@@ -1056,6 +1087,7 @@ def describe(s: Scenario, p: Profile) -> str:
         "D": f"{p.d_clients} × {p.d_size // MiB} MiB = "
         f"{p.d_clients * p.d_size // MiB} MiB in flight",
         "E": f"{p.e_connections} idle connections after EHLO, {p.e_probes} probes",
+        "E2": f"{p.e2_connections} idle connections after EHLO, {p.e_probes} probes",
         "F": f"{p.f_messages} msgs, 1 KiB",
         "F2": f"{p.f_messages} msgs, 1 KiB, {p.f_batch} per write",
         "G": f"{p.g_messages} msgs",
@@ -1318,6 +1350,17 @@ def targets(results: dict[str, Any], p: Profile) -> list[dict[str, Any]]:
                 "target": "E: esmtpkit ≤ 2 KiB RSS per idle connection",
                 "measured": f"{value:.2f} KiB",
                 "met": value <= 2,
+            }
+        )
+    entry = results.get("E2", {}).get("summary", {}).get(REFERENCE, {})
+    if "connections" in entry:
+        value = entry["connections"]["median"]
+        checks.append(
+            {
+                "target": f"E: esmtpkit holds {p.e2_connections:,} idle connections",
+                "measured": f"{value:,.0f} held, "
+                f"{entry['kib_per_idle_conn']['median']:.2f} KiB each",
+                "met": value >= p.e2_connections,
             }
         )
     return checks

@@ -9,6 +9,7 @@ L{ReplyError} with the reply to send.
 from __future__ import annotations
 
 import re
+import sys
 
 from .address import isValidMailbox
 from .reply import Reply, ReplyError
@@ -35,12 +36,21 @@ def splitCommand(line: bytes) -> tuple[str, str]:
         start with a plausible one. The argument is decoded as UTF-8 with
         C{surrogateescape} and stripped of surrounding spaces.
     """
-    verb, _, arg = line.partition(b" ")
-    if not _VERB.match(verb):
-        return "", ""
-    return verb.decode("ascii").upper(), arg.decode("utf-8", "surrogateescape").strip(
-        " "
-    )
+    raw, _, arg = line.partition(b" ")
+    verb = _verbs.get(raw)
+    if verb is None:
+        if not _VERB.match(raw):
+            return "", ""
+        verb = sys.intern(raw.decode("ascii").upper())
+        if len(_verbs) < _VERBS_KEPT:
+            _verbs[raw] = verb
+    return verb, arg.decode("utf-8", "surrogateescape").strip(" ")
+
+
+# The verbs seen so far, as sent, and their names: most commands are then
+# one lookup, and every connection shares one string per verb.
+_verbs: dict[bytes, str] = {}
+_VERBS_KEPT = 1024
 
 
 def parsePath(arg: str, keyword: str, missing: Reply) -> tuple[str, str]:

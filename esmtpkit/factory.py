@@ -127,6 +127,20 @@ class ESMTPFactory(ServerFactory):
         self.tls = tls
         self.authenticator = Authenticator(portal) if portal is not None else None
         self._perPeer: dict[str, int] = {}
+        self._addresses: dict[IAddress, IAddress] = {}
+
+    def sharedAddress(self, address: IAddress) -> IAddress:
+        """
+        One object for equal addresses: every connection to a listening
+        port has the same local address, and need not keep its own copy.
+        """
+        addresses = self._addresses
+        if len(addresses) >= 256:
+            addresses.clear()
+        try:
+            return addresses.setdefault(address, address)
+        except TypeError:  # not hashable
+            return address
 
     def buildProtocol(self, addr: IAddress | None) -> ESMTPProtocol:
         return self.protocol(self)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import (
     CancelledError,
@@ -54,6 +54,22 @@ def defaultEnhanced(hook: str, code: int) -> str | None:
     return None if kind == 3 else f"{kind}.0.0"
 
 
+class HookFlow(Protocol):
+    """
+    What a L{HookRunner} tells its connection about pending hooks.
+    """
+
+    def hookPending(self) -> None:
+        """
+        A hook (or other awaited work) is pending: stop reading input.
+        """
+
+    def hooksDone(self) -> None:
+        """
+        The queue has run dry after L{hookPending}: input may resume.
+        """
+
+
 class HookRunner:
     """
     Calls the hooks of one handler, one at a time, in order.
@@ -69,8 +85,7 @@ class HookRunner:
         "_log",
         "_clock",
         "_timeout",
-        "_pause",
-        "_resume",
+        "_flow",
         "_steps",
         "_driving",
         "_paused",
@@ -84,13 +99,13 @@ class HookRunner:
         log: Logger,
         clock: IReactorTime,
         timeout: float,
-        pause: Callable[[], None],
-        resume: Callable[[], None],
+        flow: HookFlow,
     ) -> None:
         """
         @param timeout: seconds a hook may take (0 for no limit).
-        @param pause: called when a hook becomes pending: stop reading input.
-        @param resume: called when the queue has run dry after a pause.
+        @param flow: told when a hook becomes pending and when the queue has
+            run dry after that (an object rather than two callbacks: there
+            is a runner per connection, and bound methods cost memory).
         """
         self.handler = handler
         self.pending: Deferred[Any] | None = None
@@ -98,8 +113,7 @@ class HookRunner:
         self._log = log
         self._clock = clock
         self._timeout = timeout
-        self._pause = pause
-        self._resume = resume
+        self._flow = flow
         # A short list: steps are few, and an idle connection keeps it small.
         self._steps: list[Step] = []
         self._driving = False
@@ -170,7 +184,7 @@ class HookRunner:
             self._driving = False
         if self.pending is None and self._paused:
             self._paused = False
-            self._resume()
+            self._flow.hooksDone()
 
     def invoke(self, name: str, args: tuple[Any, ...], done: Done) -> None:
         """
@@ -226,7 +240,7 @@ class HookRunner:
         self.pending = deferred
         if not self._paused:
             self._paused = True
-            self._pause()
+            self._flow.hookPending()
 
     def _fired(self, value: Any, done: Done) -> None:
         self.pending = None

@@ -206,7 +206,7 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, SecureCommands):
     def connectionMade(self) -> None:
         session = self.session
         session.peer = self.transport.getPeer()
-        session.host = self.transport.getHost()
+        session.host = self.factory.sharedAddress(self.transport.getHost())
         refusal = self.factory.connectionOpened(self)
         self.log.info(
             "session {session} connected from {peer}",
@@ -252,8 +252,7 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, SecureCommands):
             self.log,
             self.factory.clock,
             self.settings.hookTimeout,
-            self._pauseForHook,
-            self._resumeAfterHook,
+            self,
         )
         self.factory.idleTimer.start(self)
         if self.settings.greetingDelay:
@@ -325,14 +324,20 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, SecureCommands):
     # reading our replies (the transport, whose producer we are, says its
     # write buffer is full). Reading resumes when neither holds.
 
-    def _pauseForHook(self) -> None:
+    def hookPending(self) -> None:
+        """
+        L{HookFlow}: a hook is pending; hold input.
+        """
         self.idleSince = None
         self._pausedAt = self.factory.clock.seconds()
         # Before the greeting, keep reading: a client that talks first is
         # caught by dataReceived.
         self._pauseInput(_HELD_HOOK, stopTransport=self._state != GREETING)
 
-    def _resumeAfterHook(self) -> None:
+    def hooksDone(self) -> None:
+        """
+        L{HookFlow}: no hook is pending any more; input may resume.
+        """
         if not self._closing:
             self._holdDeadline(self.factory.clock.seconds() - self._pausedAt)
             self.factory.idleTimer.start(self)

@@ -15,3 +15,5 @@ class Sink(ESMTPHandler):
     away. For benchmarks and tests; the default replies of
     L{ESMTPHandler} are all it needs.
     """
+
+    __slots__ = ()
