@@ -37,6 +37,10 @@ L{IESMTPHandler <esmtpkit.IESMTPHandler>}: usually the handler class.
 _LEVELS = list(LogLevel.iterconstants())
 
 
+def _ignore(*args: object, **kwargs: object) -> None:
+    pass
+
+
 class LevelLogger(Logger):
     """
     A L{Logger} that drops events below a level before building them, so
@@ -48,6 +52,9 @@ class LevelLogger(Logger):
         super().__init__(**kwargs)
         self.level = level
         self._lowest = _LEVELS.index(level)
+        # A level that is off costs one call that does nothing.
+        for below in _LEVELS[: self._lowest]:
+            setattr(self, below.name, _ignore)
 
     def enabled(self, level: LogLevel) -> bool:
         """

@@ -198,6 +198,9 @@ class HookRunner:
         except Exception:
             done(Failure())
             return
+        self._settle(result, done)
+
+    def _settle(self, result: Any, done: Done) -> None:
         if (
             result is None
             or type(result) in _PLAIN_RESULTS
@@ -281,29 +284,38 @@ class HookRunner:
         reply of a L{ReplyError}), and a reply without an enhanced status
         code gets one that fits the command.
         """
+        try:
+            result = getattr(self.handler, name)(*args)
+        except Exception:
+            result = Failure()
+        if type(result) is Reply and result.enhanced is not None:
+            then(result)  # the common case: nothing to wait for or add
+            return
+        self._settle(result, lambda value: then(self._toReply(name, args, value)))
 
-        def done(value: Any) -> None:
-            if isinstance(value, Failure):
-                reply = self.failureReply(name, value)
-            elif value is None:
-                reply = defaultReply(name, self.handler, args)
-            else:
-                try:
-                    reply = toReply(value)
-                except (TypeError, ValueError):
-                    self._log.failure(
-                        "session {session} hook {hook} returned a bad reply",
-                        session=self._sessionId,
-                        hook=name,
-                    )
-                    reply = HOOK_FAILED
-            if reply.enhanced is None:
-                enhanced = defaultEnhanced(name, reply.code)
-                if enhanced is not None:
-                    reply = reply.withEnhanced(enhanced)
-            then(reply)
-
-        self.invoke(name, args, done)
+    def _toReply(self, name: str, args: tuple[Any, ...], value: Any) -> Reply:
+        """
+        The reply that the result C{value} of reply hook C{name} stands for.
+        """
+        if isinstance(value, Failure):
+            reply = self.failureReply(name, value)
+        elif value is None:
+            reply = defaultReply(name, self.handler, args)
+        else:
+            try:
+                reply = toReply(value)
+            except (TypeError, ValueError):
+                self._log.failure(
+                    "session {session} hook {hook} returned a bad reply",
+                    session=self._sessionId,
+                    hook=name,
+                )
+                reply = HOOK_FAILED
+        if reply.enhanced is None:
+            enhanced = defaultEnhanced(name, reply.code)
+            if enhanced is not None:
+                reply = reply.withEnhanced(enhanced)
+        return reply
 
     def notify(self, name: str, then: Callable[[], None] | None = None) -> Done:
         """

@@ -53,13 +53,15 @@ class PushbackLineReceiver(LineReceiver):
             buf = self._buffer + data if self._buffer else data
             self._buffer = b""
             pos = 0
-            while pos < len(buf) and not self.paused and not self._closing:
+            size = len(buf)
+            while pos < size and not self.paused and not self._closing:
                 if self.line_mode:
+                    limit = self.MAX_LENGTH + 1
                     end = buf.find(b"\n", pos)
-                    if end < 0 or end - pos > self.MAX_LENGTH + 1:
-                        if end < 0 and len(buf) - pos <= self.MAX_LENGTH + 1:
+                    if end < 0 or end - pos > limit:
+                        if end < 0 and size - pos <= limit:
                             break
-                        rest, pos = buf[pos:], len(buf)
+                        rest, pos = buf[pos:], size
                         self.lineLengthExceeded(rest)
                     else:
                         if end > pos and buf[end - 1] == 13:
@@ -69,16 +71,17 @@ class PushbackLineReceiver(LineReceiver):
                             line = buf[pos:end]
                             self.bareLineEnding = True
                         pos = end + 1
-                        self.moreInput = pos < len(buf)
+                        self.moreInput = pos < size
                         self.lineReceived(line)
                 else:
-                    chunk, pos = (buf[pos:] if pos else buf), len(buf)
+                    chunk, pos = (buf[pos:] if pos else buf), size
                     self.rawDataReceived(chunk)
                 if self._pushedBack or self._buffer:
                     buf = self._pushedBack + buf[pos:] + self._buffer
                     self._pushedBack = self._buffer = b""
                     pos = 0
-            self._buffer = buf[pos:] if pos < len(buf) else b""
+                    size = len(buf)
+            self._buffer = buf[pos:] if pos < size else b""
         finally:
             self._busyReceiving = False
 

@@ -17,7 +17,7 @@ for message content.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import ITCPTransport
@@ -72,15 +72,9 @@ _BARE_CR = Reply(500, "Bare CR in command", enhanced="5.5.2")
 
 def _verbTable(cls: type) -> dict[str, Callable[[Any, str], None]]:
     """
-    The C{do_VERB} methods of a protocol class, by verb (made once a class).
+    The C{do_VERB} methods of a protocol class, by verb.
     """
-    table: dict[str, Callable[[Any, str], None]] | None = cls.__dict__.get("_verbs")
-    if table is None:
-        table = {
-            name[3:]: getattr(cls, name) for name in dir(cls) if name.startswith("do_")
-        }
-        cls._verbs = table  # type: ignore[attr-defined]
-    return table
+    return {name[3:]: getattr(cls, name) for name in dir(cls) if name.startswith("do_")}
 
 
 def _syntax(text: str) -> Reply:
@@ -156,6 +150,13 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, SecureCommands):
         "_outgoing",
         "idleSince",
     )
+
+    _verbs: ClassVar[dict[str, Callable[[Any, str], None]]] = {}
+    """The C{do_VERB} methods, by verb; a subclass gets its own."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._verbs = _verbTable(cls)
 
     def __init__(self, factory: ESMTPFactory) -> None:
         self.transport = None
@@ -594,7 +595,7 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, SecureCommands):
         if self._state == REFUSED and verb != "QUIT":
             self._write(_NO_SERVICE)
             return
-        method = _verbTable(type(self)).get(verb)
+        method = self._verbs.get(verb)
         if method is None:
             text = line.decode("utf-8", "surrogateescape")
             self._hooks.run(self._hooks.callReply, "UNKNOWN", (text,), self._write)
@@ -869,3 +870,6 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, SecureCommands):
     def _messageDone(self, reply: Reply) -> None:
         self._state = COMMAND
         self._write(reply)
+
+
+ESMTPProtocol._verbs = _verbTable(ESMTPProtocol)

@@ -129,9 +129,13 @@ class Reply:
         if cached is not None:
             return cached
         prefix = self.enhanced + " " if enhanced and self.enhanced is not None else ""
-        wire = formatLines(self.code, self.lines, prefix).encode(
-            "utf-8", "surrogateescape"
+        lines = self.lines
+        text = (
+            f"{self.code} {prefix}{lines[0]}".rstrip(" ") + "\r\n"
+            if len(lines) == 1
+            else formatLines(self.code, lines, prefix)
         )
+        wire = text.encode("utf-8", "surrogateescape")
         self._wire = (wire, self._wire[1]) if not enhanced else (self._wire[0], wire)
         return wire
 

@@ -34,18 +34,21 @@ class Params(dict[str, "str | None"]):
     unknown: frozenset[str] = frozenset()
 
 
-_idPrefix = ("", 0)
+def _newPrefix() -> None:
+    global _idPrefix
+    _idPrefix = secrets.token_hex(3).upper()
+
+
+# Unique across processes: a random prefix per process, renewed in a forked
+# child; then a counter, so no system randomness per connection.
+_idPrefix = ""
+_newPrefix()
+os.register_at_fork(after_in_child=_newPrefix)
 _idCounter = itertools.count(1)
 
 
 def _newId() -> str:
-    # Unique across processes (a random prefix per process, renewed after a
-    # fork) and cheap: no system randomness per connection.
-    global _idPrefix
-    prefix, pid = _idPrefix
-    if pid != os.getpid():
-        prefix, pid = _idPrefix = (secrets.token_hex(3).upper(), os.getpid())
-    return f"{prefix}{next(_idCounter):06X}"
+    return f"{_idPrefix}{next(_idCounter):06X}"
 
 
 @dataclass(frozen=True)
