@@ -114,8 +114,9 @@ class HookRunner:
         self._clock = clock
         self._timeout = timeout
         self._flow = flow
-        # A short list: steps are few, and an idle connection keeps it small.
-        self._steps: list[Step] = []
+        # A tuple, rebuilt as steps come and go: steps are few, and an idle
+        # connection's empty queue is the shared empty tuple.
+        self._steps: tuple[Step, ...] = ()
         self._driving = False
         self._paused = False
         self._final: tuple[Step, ...] | None = None
@@ -124,13 +125,13 @@ class HookRunner:
         """
         Run C{steps} next, before anything already queued.
         """
-        self._steps[0:0] = steps
+        self._steps = steps + self._steps
 
     def later(self, *steps: Step) -> None:
         """
         Run C{steps} after everything already queued.
         """
-        self._steps.extend(steps)
+        self._steps += steps
 
     def close(self, *final: Step) -> None:
         """
@@ -145,7 +146,7 @@ class HookRunner:
 
     def _runFinal(self) -> None:
         final, self._final = self._final, ()
-        self._steps.clear()
+        self._steps = ()
         if final:
             self.now(*final)
         self.drive()
@@ -165,7 +166,7 @@ class HookRunner:
         are queued or a hook is pending, queue it first in line instead.
         """
         if self._driving or self._steps or self.pending is not None:
-            self._steps.insert(0, lambda: step(*args))
+            self._steps = (lambda: step(*args), *self._steps)
             self.drive()
             return
         self._runSteps(step, args)
@@ -177,9 +178,10 @@ class HookRunner:
         try:
             if first is not None:
                 first(*args)
-            steps = self._steps
-            while steps and self.pending is None:
-                steps.pop(0)()
+            while self._steps and self.pending is None:
+                steps = self._steps
+                self._steps = steps[1:]
+                steps[0]()
         finally:
             self._driving = False
         if self.pending is None and self._paused:
@@ -288,7 +290,9 @@ class HookRunner:
             result = getattr(self.handler, name)(*args)
         except Exception:
             result = Failure()
-        if type(result) is Reply and result.enhanced is not None:
+        if type(result) is Reply and (
+            result.enhanced is not None or 300 <= result.code < 400
+        ):
             then(result)  # the common case: nothing to wait for or add
             return
         self._settle(result, lambda value: then(self._toReply(name, args, value)))

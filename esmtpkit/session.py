@@ -128,7 +128,8 @@ class Session:
     @ivar authenticated: the authenticated identity, or L{None}.
     @ivar transaction: the current L{Transaction}, or L{None}.
     @ivar messages: how many messages were accepted on this connection.
-    @ivar data: free for the handler's own use.
+    @ivar data: free for the handler's own use (a dict, made on first use:
+        most connections never need one).
     """
 
     peer: IAddress | None = None
@@ -142,7 +143,16 @@ class Session:
     transaction: Transaction | None = None
     messages: int = 0
     transactions: int = 0
-    data: dict[str, Any] = field(default_factory=dict)
+    _data: dict[str, Any] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """
+        Free for the handler's own use.
+        """
+        if self._data is None:
+            self._data = {}
+        return self._data
 
     @property
     def peerHost(self) -> str:

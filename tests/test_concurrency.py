@@ -342,4 +342,4 @@ class ConcurrencyTests(TestCase):
         self.assertDelivered(messages)
         for path in maildirFiles(self.maildir, "new"):
             self.assertNotIn(b"killed-marker-", path.read_bytes())
-        self.assertEqual(self.factory.connections, set())
+        self.assertEqual(list(self.factory.connections), [])

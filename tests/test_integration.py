@@ -231,7 +231,7 @@ class IntegrationTests(TestCase):
         )
         self.assertEqual(len({m["session"] for m in store.messages}), 1)
         await waitUntil(lambda: store.disconnects == 1)
-        self.assertEqual(factory.connections, set())
+        self.assertEqual(list(factory.connections), [])
 
     async def test_pipelinedTransactionsInOneWrite(self) -> None:
         """
