@@ -287,9 +287,7 @@ class ServerSpec:
     command: Callable[[int, Path, int, list[str]], list[str]]
     delivered: Callable[[Path], int | None] = lambda scratch: None
     tlsArgs: Callable[[str, str], list[str]] | None = None
-    scenarios: tuple[str, ...] = (
-        "A", "B", "C", "D", "E", "E2", "F", "F2", "G", "H"
-    )
+    scenarios: tuple[str, ...] = ("A", "B", "C", "D", "E", "E2", "F", "F2", "G", "H")
     scenarioArgs: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     pinned: bool = True
 
