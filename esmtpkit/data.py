@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["HeaderParser", "BodyScanner", "HEADER", "CONTINUATION", "END", "BODY"]
+__all__ = [
+    "HeaderParser",
+    "BodyScanner",
+    "parseHeaderSection",
+    "HEADER",
+    "CONTINUATION",
+    "END",
+    "BODY",
+]
 
 HEADER = "header"
 CONTINUATION = "continuation"
@@ -80,6 +88,50 @@ class HeaderParser:
         self._parts = []
         value = parts[0] if len(parts) == 1 else b"".join(parts)
         return _text(name), _text(value)
+
+
+def parseHeaderSection(section: bytes) -> list[tuple[str, str]] | None:
+    """
+    The fields of a whole header section at once, as L{HeaderParser} would
+    give them line by line, or L{None} if the section is not a plain one.
+
+    @param section: header lines, each ended by CRLF, without the empty
+        line that ends the section; dot-stuffing and line endings already
+        checked by the caller.
+    @return: the unfolded C{(name, value)} fields in order; L{None} when a
+        line is neither a field nor the continuation of one (the line-by-line
+        parser then decides where the body starts).
+    """
+    fields: list[tuple[str, str]] = []
+    name = b""
+    parts: list[bytes] = []
+    match = _FIELD.match
+    for line in section.split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t"):
+            if not parts:
+                return None
+            parts.append(line)
+            continue
+        found = match(line)
+        if found is None:
+            return None
+        if parts:
+            fields.append(
+                (
+                    name.decode("utf-8", "surrogateescape"),
+                    b"".join(parts).decode("utf-8", "surrogateescape"),
+                )
+            )
+        name = found.group(1)
+        parts = [line[found.end() :]]
+    if parts:
+        fields.append(
+            (
+                name.decode("utf-8", "surrogateescape"),
+                b"".join(parts).decode("utf-8", "surrogateescape"),
+            )
+        )
+    return fields
 
 
 class BodyScanner:

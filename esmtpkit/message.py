@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.python.failure import Failure
 
-from .data import BODY, END, BodyScanner, HeaderParser
+from .data import BODY, END, BodyScanner, HeaderParser, parseHeaderSection
 from .params import TOO_BIG
 from .reply import Reply
 from .session import Transaction
@@ -163,6 +163,10 @@ class MessageReceiver:
         self._state = HEADERS
         self.MAX_LENGTH = self.settings.maxHeaderSize
         self._startDeadline()
+        if "HEADER" in self._skipHooks:
+            # The first read may hold the whole header section: see
+            # _headerData.
+            self.setRawMode()
 
     def _endMessage(self) -> None:
         self._stopDeadline()
@@ -227,6 +231,44 @@ class MessageReceiver:
             call.cancel()
 
     # -- DATA: the header section, line by line -----------------------------
+
+    def _headerData(self, data: bytes) -> None:
+        """
+        The first bytes after 354, read raw (only for a handler without a
+        HEADER hook). If they hold a plain header section whole -- no line
+        starting with a dot, no bare CR or LF, within the size limits, every
+        line a field or a continuation -- it is taken in one piece, with
+        the same effect as reading it line by line; otherwise, and for the
+        rest of the message, lines are read one at a time.
+        """
+        self.setLineMode()
+        m = self._msg
+        assert m is not None
+        end = data.find(b"\r\n\r\n") + 2
+        fields = None
+        if end > 1:
+            section = data[:end]
+            total = end + 2
+            limit = self.settings.maxMessageSize
+            if (
+                total <= self.settings.maxHeaderSize
+                and not (limit and m.size + total > limit)
+                and section[:1] != b"."
+                and b"\n." not in section
+                and not _hasBareLineEnding(section)
+            ):
+                fields = parseHeaderSection(section)
+        if fields is None:
+            self.pushBack(data)
+            return
+        self._extendDeadline(total)
+        m.rawHeaders += data[:total]
+        m.size += total
+        transaction = self.session.transaction
+        if transaction is not None:
+            transaction.headers.extend(fields)
+        self._startBody()
+        self.pushBack(data[total:])
 
     def _headerLine(self, line: bytes) -> None:
         """

@@ -455,6 +455,8 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, SecureCommands):
         elif state == SKIPLINE:
             self._skipLine(data)
             return
+        elif state == HEADERS:
+            self._headerData(data)
         else:
             self._bodyData(data)
         self._hooks.drive()

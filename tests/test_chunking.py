@@ -196,6 +196,24 @@ class RecordingHandler(ESMTPHandler):
         return self._hook("DISCONNECT", ())
 
 
+class HeaderlessRecordingHandler(RecordingHandler):
+    """
+    A L{RecordingHandler} without a HEADER hook, so that the server may take
+    a plain header section in one piece: it records the fields the
+    transaction collected as HEADER calls just before EOH, which must give
+    the same calls as the hook would have.
+    """
+
+    HEADER = ESMTPHandler.HEADER  # ESMTPHandler's: the server skips it
+
+    def EOH(self) -> Any:
+        transaction = self.session.transaction
+        assert transaction is not None
+        for name, value in transaction.headers:
+            self.calls.append(("HEADER", (name, value)))
+        return super().EOH()
+
+
 @implementer(IESMTPHandler)
 class AsyncRecordingHandler:
     """
@@ -931,6 +949,34 @@ def test_splitsDoNotMatter(session: SMTPSession, sizes: list[int], policy: str) 
     checkModel(session, split, policy)
     assert split.stable == whole.stable
     assert split.output == whole.output
+
+
+@BOUNDED
+@given(session=sessions(), sizes=sizeLists, policy=policies)
+@example(
+    session=_smuggling(b"A: b\r\n c\r\nD: e\r\n\r\nbody\r\n"),
+    sizes=[7],
+    policy="reject",
+)
+@example(session=_smuggling(b"A: b\r\n.\r\n" + SMUGGLED), sizes=[64], policy="reject")
+@example(
+    session=_smuggling(b"A: b\r\n\r\n.\r\n" + SMUGGLED), sizes=[3], policy="reject"
+)
+def test_withoutHeaderHook(session: SMTPSession, sizes: list[int], policy: str) -> None:
+    """
+    A handler without a HEADER hook, whose header sections the server may
+    take in one piece when a read holds them whole, sees the same fields,
+    header bytes and body, and the client the same replies, as a handler
+    with the hook (which gets them line by line), however the session is
+    split.
+    """
+    wire = session.wire()
+    withHook = feed([wire], bareLineEndings=policy)
+    for chunks in ([wire], pieces(wire, [1]), pieces(wire, sizes)):
+        run = feed(chunks, HeaderlessRecordingHandler, bareLineEndings=policy)
+        checkModel(session, run, policy)
+        assert run.output == withHook.output
+        assert run.stable == withHook.stable
 
 
 @SMALLER

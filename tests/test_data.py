@@ -9,7 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from esmtpkit.data import BODY, CONTINUATION, END, HEADER, BodyScanner, HeaderParser
+from esmtpkit.data import (
+    BODY,
+    CONTINUATION,
+    END,
+    HEADER,
+    BodyScanner,
+    HeaderParser,
+    parseHeaderSection,
+)
 
 
 class HeaderParserTests(SynchronousTestCase):
@@ -128,6 +136,81 @@ def reference(stream: bytes) -> tuple[bytes, bytes | None]:
             line = line[1:]
         out.append(line + b"\r\n")
         pos = end + 2
+
+
+def _lineByLine(section: bytes) -> list[tuple[str, str]] | None:
+    """
+    What L{HeaderParser} makes of C{section} fed one line at a time, or
+    L{None} if a line is not part of the header section.
+    """
+    parser = HeaderParser()
+    fields = []
+    for line in section.split(b"\r\n")[:-1]:
+        kind, completed = parser.line(line)
+        if kind in (BODY, END):
+            return None
+        if completed is not None:
+            fields.append(completed)
+    completed = parser.finish()
+    if completed is not None:
+        fields.append(completed)
+    return fields
+
+
+headerLines = st.lists(
+    st.one_of(
+        st.builds(
+            lambda name, sep, value: name + sep + value,
+            st.sampled_from([b"Subject", b"X-A", b"to", b"\xc3\xa9t\xc3\xa9", b"A:B"]),
+            st.sampled_from([b":", b": ", b" : ", b"\t:\t", b" "]),
+            st.binary(max_size=12).filter(lambda v: b"\r" not in v and b"\n" not in v),
+        ),
+        st.builds(
+            lambda ws, value: ws + value,
+            st.sampled_from([b" ", b"\t", b"  "]),
+            st.binary(max_size=12).filter(lambda v: b"\r" not in v and b"\n" not in v),
+        ),
+        st.binary(max_size=8).filter(lambda v: b"\r" not in v and b"\n" not in v),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+class HeaderSectionTests(SynchronousTestCase):
+    """
+    L{parseHeaderSection} takes a whole header section as L{HeaderParser}
+    would line by line.
+    """
+
+    def test_fields(self) -> None:
+        """
+        Fields in order, continuation lines unfolded, values after the colon
+        and its surrounding blanks.
+        """
+        self.assertEqual(
+            parseHeaderSection(b"Subject: a\r\n b\r\nTo:x\r\n\tc\r\nX-Y:\r\n"),
+            [("Subject", "a b"), ("To", "x\tc"), ("X-Y", "")],
+        )
+
+    def test_notAField(self) -> None:
+        """
+        A line that is neither a field nor a continuation, or a
+        continuation with no field before it, makes the section not plain.
+        """
+        self.assertIsNone(parseHeaderSection(b"Subject: a\r\nnot a field\r\n"))
+        self.assertIsNone(parseHeaderSection(b" folded first\r\nA: b\r\n"))
+        self.assertIsNone(parseHeaderSection(b"\r\nA: b\r\n"))
+
+    @settings(max_examples=300)
+    @given(headerLines)
+    def test_sameAsLineByLine(self, lines: list[bytes]) -> None:
+        """
+        For any lines, the result is L{HeaderParser}'s, or L{None} exactly
+        when a line would not be part of the header section.
+        """
+        section = b"".join(line + b"\r\n" for line in lines)
+        self.assertEqual(parseHeaderSection(section), _lineByLine(section))
 
 
 class BodyScannerTests(SynchronousTestCase):
