@@ -20,6 +20,7 @@ from twisted.logger import (
 
 from .auth import Authenticator
 from .idle import IdleTimer
+from .output import OutputBatch
 from .protocol import ESMTPProtocol
 from .reply import Reply
 from .settings import Settings
@@ -138,6 +139,7 @@ class ESMTPFactory(ServerFactory):
         self.authenticator = Authenticator(portal) if portal is not None else None
         self._perPeer: dict[str, int] = {}
         self._addresses: dict[IAddress, IAddress] = {}
+        self.output = OutputBatch()
 
     def sharedAddress(self, address: IAddress) -> IAddress:
         """

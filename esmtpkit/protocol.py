@@ -279,6 +279,8 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, SecureCommands):
         if self._greetingCall is not None and self._greetingCall.active():
             self._greetingCall.cancel()
         self._closing = True
+        self._outgoing = None  # no one left to write to
+        self._directSocket = None
         self.factory.connectionClosed(self)
         if self._hooks is None:
             self._logDisconnect()
@@ -416,11 +418,13 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, SecureCommands):
                 return
             if self.idleSince is not None:
                 self.idleSince = self.factory.clock.seconds()
-        if self._outgoing is not None:  # re-entered: the outer call flushes
+        if self._outgoing is not None:
+            # Re-entered (the outer call flushes), or replies are waiting
+            # for the end of the reactor turn (they go out with these).
             super().dataReceived(data)
             return
         # Replies made while this input is handled go out together, in one
-        # write (see _send).
+        # write (see _flush).
         self._outgoing = []
         try:
             super().dataReceived(data)
@@ -494,16 +498,31 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, SecureCommands):
 
     def _send(self, data: bytes) -> None:
         """
-        Write C{data} to the client: at once, or with the other replies to
-        the input being handled (pipelined commands get their replies in one
-        segment, not one per reply).
+        Write C{data} to the client, after the replies already waiting (see
+        L{_flush}).
         """
         if self._outgoing is not None:
             self._outgoing.append(data)
         else:
-            self._sendNow(data)
+            self._outgoing = [data]
+            self._flush()
 
     def _flush(self) -> None:
+        """
+        The replies collected so far are ready: on a plain TCP socket they
+        go out at the end of this reactor turn, with those of the other
+        connections (see L{OutputBatch}; more may join them until then, and
+        all go in one write); on any other transport, and once closing, now.
+        """
+        if self._outgoing and self._directSocket is not None and not self._closing:
+            self.factory.output.add(self, self.transport.reactor)
+            return
+        self.flushOutput()
+
+    def flushOutput(self) -> None:
+        """
+        Write the replies collected so far, now.
+        """
         outgoing, self._outgoing = self._outgoing, None
         if outgoing:
             self._sendNow(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))

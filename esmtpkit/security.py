@@ -81,7 +81,7 @@ class SecureCommands:
     def _send(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def _flush(self) -> None:
+    def flushOutput(self) -> None:
         raise NotImplementedError
 
     _directSocket: Any = None
@@ -152,7 +152,7 @@ class SecureCommands:
         session.heloName = None
         session.esmtp = False
         session.authenticated = None
-        self._flush()  # the 220 goes out in plaintext, before the handshake
+        self.flushOutput()  # the 220 goes out in plaintext, before the handshake
         self._directSocket = None  # from now on, everything goes through TLS
         self.transport.startTLS(self.factory.tls)
 
