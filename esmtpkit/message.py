@@ -181,39 +181,50 @@ class MessageReceiver:
         second per minDataRate bytes that arrive (Postfix's
         smtpd_min_data_rate), so that a client trickling bytes cannot hold
         the connection.
+
+        C{_deadline} is the deadline, 0 when there is none. One timer per
+        connection looks at it, moved rather than made anew for each
+        request (moving a timer later costs next to nothing).
         """
         if not self.settings.minDataRate:
             return
         clock = self.factory.clock
-        self._deadline = clock.seconds() + self.settings.idleTimeout
-        self._deadlineCall = clock.callLater(
-            self.settings.idleTimeout, self._checkDeadline
-        )
+        timeout = self.settings.idleTimeout
+        self._deadline = clock.seconds() + timeout
+        call = self._deadlineCall
+        if call is not None and call.active():
+            call.reset(timeout)
+        else:
+            self._deadlineCall = clock.callLater(timeout, self._checkDeadline)
 
     def _extendDeadline(self, size: int) -> None:
-        if self._deadlineCall is not None:
+        if self._deadline:
             self._deadline += size / self.settings.minDataRate
 
     def _holdDeadline(self, seconds: float) -> None:
         """
         The server, not the client, used C{seconds} (a slow hook).
         """
-        if self._deadlineCall is not None:
+        if self._deadline:
             self._deadline += seconds
 
     def _checkDeadline(self) -> None:
-        now = self.factory.clock.seconds()
+        self._deadlineCall = None
+        if not self._deadline:
+            return  # the request ended in time
+        clock = self.factory.clock
+        now = clock.seconds()
         if now < self._deadline:
-            self._deadlineCall = self.factory.clock.callLater(
+            self._deadlineCall = clock.callLater(
                 self._deadline - now, self._checkDeadline
             )
             return
-        self._deadlineCall = None
         if self._hooks.pending is not None:
             # A hook is running; the client is not to blame. Look again later.
             self._deadline = now + 1.0
-            self._deadlineCall = self.factory.clock.callLater(1.0, self._checkDeadline)
+            self._deadlineCall = clock.callLater(1.0, self._checkDeadline)
             return
+        self._deadline = 0.0
         self.log.info(
             "session {session} sent its message too slowly", session=self.session.id
         )
@@ -226,6 +237,14 @@ class MessageReceiver:
         )
 
     def _stopDeadline(self) -> None:
+        """
+        The request is over: no deadline (its timer is left to be moved by
+        the next request, or to find nothing to do).
+        """
+        self._deadline = 0.0
+
+    def _cancelDeadline(self) -> None:
+        self._deadline = 0.0
         call, self._deadlineCall = self._deadlineCall, None
         if call is not None and call.active():
             call.cancel()

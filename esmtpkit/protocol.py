@@ -275,7 +275,7 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, SecureCommands):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.idleSince = None
-        self._stopDeadline()
+        self._cancelDeadline()
         if self._greetingCall is not None and self._greetingCall.active():
             self._greetingCall.cancel()
         self._closing = True

@@ -327,6 +327,33 @@ class TimeoutTests(SynchronousTestCase):
         self.assertTimedOutMessage(conn)
         self.assertLess(conn.clock.seconds() - start, 80)
 
+    def test_deadlineAfterManyMessages(self) -> None:
+        """
+        Messages sent in time leave no timers behind (the deadline's timer
+        is moved from one message to the next), and a later message that
+        trickles still gets 421 4.4.2 at its own deadline.
+        """
+        conn = connect(idleTimeout=60, minDataRate=100)
+        for n in range(20):
+            openTransaction(self, conn)
+            self.assertEqual(conn.command("DATA").code, 354)
+            self.assertEqual(conn.command(f"Subject: {n}\r\n\r\nbody\r\n.").code, 250)
+            conn.clock.advance(5)
+        # The idle timer and the deadline's timer, whatever the count.
+        self.assertLessEqual(len(conn.clock.getDelayedCalls()), 2)
+        openTransaction(self, conn)
+        self.assertEqual(conn.command("DATA").code, 354)
+        start = conn.clock.seconds()
+        self.trickle(conn, 10, 10, 5)
+        self.assertEqual(conn.replies(), [])
+        self.trickle(conn, 10, 10, 10)
+        replies = conn.replies()
+        self.assertEqual([(r.code, r.enhanced) for r in replies], [(421, "4.4.2")])
+        self.assertTrue(conn.closed)
+        self.assertEqual(conn.handler.names()[-3:], ["DATA", "ABORT", "DISCONNECT"])
+        self.assertEqual(conn.session.messages, 20)
+        self.assertLess(conn.clock.seconds() - start, 80)
+
     def test_tricklingBdatClient(self) -> None:
         """
         The same for a BDAT chunk that trickles in.
