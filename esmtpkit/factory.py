@@ -47,12 +47,16 @@ class LevelLogger(Logger):
     A L{Logger} that drops events below a level before building them, so
     that a quiet server pays next to nothing for the events it does not
     log.
+
+    @ivar infoEnabled: whether C{info} events are logged (to skip even
+        gathering the fields of a frequent one).
     """
 
     def __init__(self, level: LogLevel, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.level = level
         self._lowest = _LEVELS.index(level)
+        self.infoEnabled = self.enabled(LogLevel.info)
         # A level that is off costs one call that does nothing.
         for below in _LEVELS[: self._lowest]:
             setattr(self, below.name, _ignore)

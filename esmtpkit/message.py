@@ -18,9 +18,8 @@ from .session import Transaction
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
-    from twisted.logger import Logger
 
-    from .factory import ESMTPFactory
+    from .factory import ESMTPFactory, LevelLogger
     from .hooks import HookRunner
     from .session import Session
     from .settings import Settings
@@ -82,7 +81,7 @@ class _Message:
         self.endOfDataSeen = False
         self.lineStartCRLF = True
         self.heldCR = b""
-        self.scanner = BodyScanner()
+        self.scanner: BodyScanner | None = None  # made when the body starts
 
 
 class MessageReceiver:
@@ -108,7 +107,7 @@ class MessageReceiver:
     factory: ESMTPFactory
     session: Session
     settings: Settings
-    log: Logger
+    log: LevelLogger
     _hooks: HookRunner
     _state: str
     _verb: str
@@ -399,6 +398,7 @@ class MessageReceiver:
         m = self._msg
         assert m is not None
         self._extendDeadline(len(data))
+        assert m.scanner is not None
         pieces, leftover = m.scanner.feed(data)
         if leftover is not None:
             self._verb = "EOM"
@@ -657,7 +657,7 @@ class MessageReceiver:
             return
 
         def answered(reply: Reply) -> None:
-            if transaction is not None:
+            if transaction is not None and self.factory.log.infoEnabled:
                 self._logMessage(transaction, reply)
             if reply.code // 100 == 2:
                 self.session.messages += 1

@@ -31,9 +31,7 @@ from .reply import Reply
 from .tls import tlsInfo
 
 if TYPE_CHECKING:
-    from twisted.logger import Logger
-
-    from .factory import ESMTPFactory
+    from .factory import ESMTPFactory, LevelLogger
     from .hooks import HookRunner
     from .session import Session
     from .settings import Settings
@@ -60,7 +58,7 @@ class SecureCommands:
     factory: ESMTPFactory
     session: Session
     settings: Settings
-    log: Logger
+    log: LevelLogger
     handler: Any
     transport: Any
     _hooks: HookRunner

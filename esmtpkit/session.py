@@ -109,7 +109,16 @@ class Transaction:
     headers: list[tuple[str, str]] = field(default_factory=list)
     rawHeaders: bytes = b""
     size: int = 0
-    data: dict[str, Any] = field(default_factory=dict)
+    _data: dict[str, Any] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """
+        Free for the handler's own use.
+        """
+        if self._data is None:
+            self._data = {}
+        return self._data
 
 
 @dataclass(slots=True)
