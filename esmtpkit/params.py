@@ -64,6 +64,8 @@ def checkMailParams(
         taken as C{<>} (RFC 4954 section 5).
     @raise ReplyError: a known parameter is wrong.
     """
+    if not params:
+        return params
     _requireEhlo(params, esmtp)
     # Parameters of extensions that are not offered are left unknown.
     known = {"REQUIRETLS"}
@@ -133,6 +135,8 @@ def checkRcptParams(
     @param utf8: the transaction is SMTPUTF8 (ORCPT may then carry UTF-8).
     @raise ReplyError: a known parameter is wrong.
     """
+    if not params:
+        return params
     _requireEhlo(params, esmtp)
     known: set[str] = set()
     if settings.dsn:

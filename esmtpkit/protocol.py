@@ -750,14 +750,16 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, SecureCommands):
 
     def _mailArguments(self, arg: str) -> tuple[str, Params]:
         sender, text = parsePath(arg, "FROM", _NO_REVERSE_PATH)
-        params = checkMailParams(
-            parseParams(text, utf8=self.settings.smtputf8),
-            self.settings,
-            self.session.esmtp,
-            tls=self.tlsActive(),
-            auth=self._authOffered(),
-            authenticated=self.session.authenticated is not None,
-        )
+        params = parseParams(text, utf8=self.settings.smtputf8)
+        if params:
+            checkMailParams(
+                params,
+                self.settings,
+                self.session.esmtp,
+                tls=self.tlsActive(),
+                auth=self._authOffered(),
+                authenticated=self.session.authenticated is not None,
+            )
         if sender:
             utf8 = self.settings.smtputf8 and "SMTPUTF8" in params
             checkMailbox(sender, utf8, sender=True)
