@@ -72,18 +72,13 @@ class ESMTPHandler:
         Accept the sender; refuse parameters esmtpkit does not know (a
         handler that understands more overrides this).
         """
-        # The address was validated (printable): no need to check the text.
-        return _unknownParameter(params) or Reply._checked(
-            250, f"<{sender}>, sender ok", "2.1.0"
-        )
+        return _unknownParameter(params) or _senderOk(sender)
 
     def RCPT(self, recipient: str, params: Params) -> HookResult:
         """
         Accept the recipient; refuse parameters esmtpkit does not know.
         """
-        return _unknownParameter(params) or Reply._checked(
-            250, f"<{recipient}>, recipient ok", "2.1.5"
-        )
+        return _unknownParameter(params) or _recipientOk(recipient)
 
     def DATA(self) -> HookResult:
         return _GO_AHEAD
@@ -140,6 +135,19 @@ class ESMTPHandler:
 @functools.lru_cache(maxsize=64)
 def _greeting(hostname: str) -> Reply:
     return Reply(220, f"{hostname} ESMTP Mail Server")
+
+
+# Replies naming an address (validated, so printable: no need to check the
+# text), kept for the addresses seen most recently: many messages share a
+# sender or recipient, and a kept reply has its wire bytes.
+@functools.lru_cache(maxsize=512)
+def _senderOk(sender: str) -> Reply:
+    return Reply._checked(250, f"<{sender}>, sender ok", "2.1.0")
+
+
+@functools.lru_cache(maxsize=512)
+def _recipientOk(recipient: str) -> Reply:
+    return Reply._checked(250, f"<{recipient}>, recipient ok", "2.1.5")
 
 
 def _unknownParameter(params: Params) -> Reply | None:
