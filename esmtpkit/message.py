@@ -71,7 +71,8 @@ class _Message:
     def __init__(self, chunking: bool) -> None:
         self.chunking = chunking
         self.inHeaders = True
-        self.headerParser = HeaderParser()
+        # Made for the first header line read alone (see _headerData).
+        self.headerParser: HeaderParser | None = None
         self.rawHeaders = bytearray()
         self.headerBuffer = b""
         self.size = 0
@@ -320,7 +321,10 @@ class MessageReceiver:
         """
         m = self._msg
         assert m is not None
-        kind, completed = m.headerParser.line(line)
+        parser = m.headerParser
+        if parser is None:
+            parser = m.headerParser = HeaderParser()
+        kind, completed = parser.line(line)
         if kind != BODY:
             m.rawHeaders += line
             m.rawHeaders += ending
@@ -355,7 +359,7 @@ class MessageReceiver:
     def _flushHeader(self) -> None:
         m = self._msg
         assert m is not None
-        completed = m.headerParser.finish()
+        completed = m.headerParser.finish() if m.headerParser is not None else None
         if completed is not None:
             self._contentHook("HEADER", completed)
 
@@ -379,7 +383,10 @@ class MessageReceiver:
             m.scanner = BodyScanner(start)
             self.setRawMode()
         if m.failure is None:
-            self._hooks.later(self._flushHeader, self._eohStep)
+            if m.headerParser is None:
+                self._hooks.later(self._eohStep)
+            else:
+                self._hooks.later(self._flushHeader, self._eohStep)
 
     def _eohStep(self) -> None:
         m = self._msg
