@@ -987,6 +987,40 @@ def test_withoutHeaderHook(session: SMTPSession, sizes: list[int], policy: str) 
     drainAfter=drainLists,
     policy=policies,
 )
+def test_withoutHeaderHookDeferred(
+    session: SMTPSession,
+    sizes: list[int],
+    modes: list[str],
+    drainAfter: list[bool],
+    policy: str,
+) -> None:
+    """
+    The same with hooks answering by Deferreds fired later (a 354 that
+    comes late finds the header section already waiting, whole).
+    """
+    wire = session.wire()
+    withHook = feed([wire], bareLineEndings=policy)
+    for chunks in ([wire], pieces(wire, sizes)):
+        run = feed(
+            chunks,
+            HeaderlessRecordingHandler,
+            modes=modes,
+            drainAfter=drainAfter,
+            bareLineEndings=policy,
+        )
+        checkModel(session, run, policy)
+        assert run.output == withHook.output
+        assert run.stable == withHook.stable
+
+
+@SMALLER
+@given(
+    session=sessions(),
+    sizes=sizeLists,
+    modes=modeLists,
+    drainAfter=drainLists,
+    policy=policies,
+)
 def test_correctClient(
     session: SMTPSession,
     sizes: list[int],
