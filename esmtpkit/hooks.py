@@ -121,6 +121,13 @@ class HookRunner:
         self._paused = False
         self._final: tuple[Step, ...] | None = None
 
+    @property
+    def idle(self) -> bool:
+        """
+        Whether no step is running or queued and no hook is pending.
+        """
+        return not (self._driving or self._steps or self.pending is not None)
+
     def now(self, *steps: Step) -> None:
         """
         Run C{steps} next, before anything already queued.

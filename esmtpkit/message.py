@@ -417,6 +417,19 @@ class MessageReceiver:
                 self._failMessage(BARE_LINE_ENDING)
             else:
                 body = _normalizeLineEndings(body)
+        if (
+            "BODY" in self._skipHooks
+            and self._hooks.idle
+            and m.bodyPos >= len(m.bodyQueue)
+        ):
+            # No BODY hook and nothing waiting: count the bytes now, as the
+            # pump would at once, instead of queueing them for it.
+            if body:
+                self._countContent(len(body))
+            if m.endOfDataSeen:
+                m.endOfDataSeen = False
+                self._hooks.later(self._endOfData)
+            return
         self._queueBody(body)
 
     def _queueBody(self, body: bytes) -> None:

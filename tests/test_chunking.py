@@ -214,6 +214,42 @@ class HeaderlessRecordingHandler(RecordingHandler):
         return super().EOH()
 
 
+class BodylessRecordingHandler(HeaderlessRecordingHandler):
+    """
+    A L{HeaderlessRecordingHandler} without a BODY hook either, so that the
+    server may count body bytes without queueing them for the hook: it
+    records the message size at EOM as a C{("SIZE", (size,))} call.
+    """
+
+    BODY = ESMTPHandler.BODY  # ESMTPHandler's: the server skips it
+
+    def EOM(self) -> Any:
+        transaction = self.session.transaction
+        assert transaction is not None
+        self.calls.append(("SIZE", (transaction.size,)))
+        return super().EOM()
+
+
+def withoutBodies(calls: list[Call]) -> list[Call]:
+    """
+    What L{BodylessRecordingHandler} would have recorded of a session that
+    gave C{calls} to a L{RecordingHandler}: no BODY calls, and the size of
+    each message (its header section and body) before its EOM.
+    """
+    out: list[Call] = []
+    size = 0
+    for name, args in calls:
+        if name == "EOH":
+            size = len(args[0])
+        elif name == "BODY":
+            size += len(args[0])
+            continue
+        elif name == "EOM":
+            out.append(("SIZE", (size,)))
+        out.append((name, args))
+    return out
+
+
 @implementer(IESMTPHandler)
 class AsyncRecordingHandler:
     """
@@ -1011,6 +1047,46 @@ def test_withoutHeaderHookDeferred(
         checkModel(session, run, policy)
         assert run.output == withHook.output
         assert run.stable == withHook.stable
+
+
+@BOUNDED
+@given(
+    session=sessions(),
+    sizes=sizeLists,
+    modes=modeLists,
+    drainAfter=drainLists,
+    policy=policies,
+)
+def test_withoutContentHooks(
+    session: SMTPSession,
+    sizes: list[int],
+    modes: list[str],
+    drainAfter: list[bool],
+    policy: str,
+) -> None:
+    """
+    A handler with neither HEADER nor BODY hook (the body is counted, not
+    queued for a hook, when nothing else waits) sees the same calls,
+    fields, header bytes and message sizes, and the client the same
+    replies, as a handler with both hooks, however the session is split and
+    whether hooks answer at once or later.
+    """
+    wire = session.wire()
+    withHooks = feed([wire], bareLineEndings=policy)
+    expected = stable(withoutBodies(withHooks.calls))
+    for chunks in ([wire], pieces(wire, [1]), pieces(wire, sizes)):
+        for hookModes, drains in ((("now",), (True,)), (modes, drainAfter)):
+            run = feed(
+                chunks,
+                BodylessRecordingHandler,
+                modes=hookModes,
+                drainAfter=drains,
+                bareLineEndings=policy,
+            )
+            assert run.output == withHooks.output
+            assert stable(run.calls) == expected
+            assert run.conn.closed
+            assert not run.gate.pending
 
 
 @SMALLER
