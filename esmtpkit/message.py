@@ -383,10 +383,12 @@ class MessageReceiver:
             m.scanner = BodyScanner(start)
             self.setRawMode()
         if m.failure is None:
-            if m.headerParser is None:
-                self._hooks.later(self._eohStep)
-            else:
+            if m.headerParser is not None:
                 self._hooks.later(self._flushHeader, self._eohStep)
+            elif "EOH" in self._skipHooks and self._hooks.idle:
+                self._eohStep()  # nothing to call, nothing to wait for
+            else:
+                self._hooks.later(self._eohStep)
 
     def _eohStep(self) -> None:
         m = self._msg
