@@ -176,15 +176,7 @@ class HookRunner:
             self._steps = (lambda: step(*args), *self._steps)
             self.drive()
             return
-        # Idle (the common case): run it here, and the queue only if it
-        # queued anything or a hook became pending.
-        self._driving = True
-        try:
-            step(*args)
-        finally:
-            self._driving = False
-        if self._steps or self.pending is not None or self._paused:
-            self._runSteps(None, ())
+        self._runSteps(step, args)
 
     def _runSteps(
         self, first: Callable[..., None] | None, args: tuple[Any, ...]

@@ -48,29 +48,6 @@ class PushbackLineReceiver(LineReceiver):
         if self._busyReceiving:
             self._buffer += data
             return
-        if (
-            self.line_mode
-            and not self._buffer
-            and data[-2:] == b"\r\n"
-            and data.find(b"\n") == len(data) - 1
-            and len(data) - 2 <= self.MAX_LENGTH
-            and not self.paused
-            and not self._closing
-        ):
-            # The common case, one whole line in one read (a client waiting
-            # for each reply): the line, without the loop.
-            self._busyReceiving = True
-            try:
-                self.bareLineEnding = False
-                self.moreInput = False
-                self.lineReceived(data[:-2])
-            finally:
-                self._busyReceiving = False
-            if self._pushedBack or self._buffer:
-                self._buffer = self._pushedBack + self._buffer
-                self._pushedBack = b""
-                self.dataReceived(b"")
-            return
         self._busyReceiving = True
         try:
             buf = self._buffer + data if self._buffer else data

@@ -419,6 +419,11 @@ class MessageReceiver:
                 self._failMessage(BARE_LINE_ENDING)
             else:
                 body = _normalizeLineEndings(body)
+        self._queueBody(body)
+
+    def _queueBody(self, body: bytes) -> None:
+        m = self._msg
+        assert m is not None
         if (
             "BODY" in self._skipHooks
             and self._hooks.idle
@@ -432,11 +437,6 @@ class MessageReceiver:
                 m.endOfDataSeen = False
                 self._hooks.later(self._endOfData)
             return
-        self._queueBody(body)
-
-    def _queueBody(self, body: bytes) -> None:
-        m = self._msg
-        assert m is not None
         if m.bodyPos < len(m.bodyQueue):
             body = m.bodyQueue[m.bodyPos :] + body
         m.bodyQueue = body

@@ -318,7 +318,7 @@ class ESMTPProtocol(PushbackLineReceiver, MessageReceiver, SecureCommands):
     def _close(self) -> None:
         if not self._closing:
             self._closing = True
-            self._flush()
+            self.flushOutput()
             self.transport.loseConnection()
 
     # -- flow control -----------------------------------------------------

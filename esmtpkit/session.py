@@ -82,8 +82,29 @@ class TLSInfo:
     peerCertificate: Any = None
 
 
+class _HandlerData:
+    """
+    A C{data} dict free for the handler's own use, made on first use (most
+    sessions and transactions never need one).
+    """
+
+    __slots__ = ("_data",)
+    _data: dict[str, Any]
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """
+        Free for the handler's own use.
+        """
+        try:
+            return self._data
+        except AttributeError:  # the slot is empty until first use
+            self._data = {}
+            return self._data
+
+
 @dataclass(slots=True)
-class Transaction:
+class Transaction(_HandlerData):
     """
     One mail transaction: from an accepted MAIL to the end of the message,
     RSET, a new HELO/EHLO, or the end of the connection.
@@ -109,20 +130,10 @@ class Transaction:
     headers: list[tuple[str, str]] = field(default_factory=list)
     rawHeaders: bytes = b""
     size: int = 0
-    _data: dict[str, Any] | None = field(default=None, init=False, repr=False)
-
-    @property
-    def data(self) -> dict[str, Any]:
-        """
-        Free for the handler's own use.
-        """
-        if self._data is None:
-            self._data = {}
-        return self._data
 
 
 @dataclass(slots=True)
-class Session:
+class Session(_HandlerData):
     """
     The state of one SMTP connection.
 
@@ -152,16 +163,6 @@ class Session:
     transaction: Transaction | None = None
     messages: int = 0
     transactions: int = 0
-    _data: dict[str, Any] | None = field(default=None, init=False, repr=False)
-
-    @property
-    def data(self) -> dict[str, Any]:
-        """
-        Free for the handler's own use.
-        """
-        if self._data is None:
-            self._data = {}
-        return self._data
 
     @property
     def peerHost(self) -> str:
