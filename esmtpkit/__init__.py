@@ -7,15 +7,15 @@ Run it with C{twistd -n esmtpkit --handler mod.Class}, or from Twisted code
 with L{ESMTPFactory} or L{ESMTPService}.
 """
 
-from .factory import ESMTPFactory
 from .handler import ESMTPHandler
 from .interfaces import IESMTPHandler
-from .protocol import ESMTPProtocol
 from .received import receivedHeader
 from .reply import Reply, ReplyError
-from .service import ESMTPService
+from .server.factory import ESMTPFactory
+from .server.service import ESMTPService
 from .session import Recipient, Session, TLSInfo, Transaction
 from .settings import Settings
+from .smtp.protocol import ESMTPProtocol
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,7 @@ or from standard input).
 
 import sys
 
-from .scram import main
+from .security.scram import main
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["scram"]:

@@ -21,10 +21,10 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.logger import ILogObserver, LogEvent
 from zope.interface import implementer
 
-from .factory import ESMTPFactory, HandlerFactory
-from .protocol import ESMTPProtocol
 from .reply import Reply
+from .server.factory import ESMTPFactory, HandlerFactory
 from .settings import Settings
+from .smtp.protocol import ESMTPProtocol
 
 __all__ = ["SMTPTestConnection", "parseReplies", "LogCollector"]
 

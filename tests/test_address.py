@@ -1,5 +1,5 @@
 """
-Tests for L{esmtpkit.address}: RFC 5321 mailbox and domain syntax, with the
+Tests for L{esmtpkit.smtp.address}: RFC 5321 mailbox and domain syntax, with the
 UTF-8 forms of RFC 6531 and the length limits of section 4.5.3.1.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from esmtpkit.address import isValidDomain, isValidMailbox
+from esmtpkit.smtp.address import isValidDomain, isValidMailbox
 
 VALID = [
     "user@example.org",

@@ -27,11 +27,11 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from esmtpkit import ESMTPHandler
-from esmtpkit.auth import makePortal
 from esmtpkit.handlers import Maildir
 from esmtpkit.reply import Reply
-from esmtpkit.scram import ScramFileChecker, makeVerifier
-from esmtpkit.tls import ServerTLS
+from esmtpkit.security.auth import makePortal
+from esmtpkit.security.scram import ScramFileChecker, makeVerifier
+from esmtpkit.security.tls import ServerTLS
 
 from .helpers import (
     LOOPBACK,

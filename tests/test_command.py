@@ -1,5 +1,5 @@
 """
-Tests for L{esmtpkit.command}: command splitting, MAIL/RCPT paths, ESMTP
+Tests for L{esmtpkit.smtp.command}: command splitting, MAIL/RCPT paths, ESMTP
 parameters and mailbox checks.
 """
 
@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from esmtpkit.command import (
+from esmtpkit.reply import Reply, ReplyError
+from esmtpkit.settings import Settings
+from esmtpkit.smtp.command import (
     checkMailbox,
     parseParams,
     parsePath,
     splitCommand,
 )
-from esmtpkit.params import checkMailParams, checkRcptParams
-from esmtpkit.reply import Reply, ReplyError
-from esmtpkit.settings import Settings
+from esmtpkit.smtp.params import checkMailParams, checkRcptParams
 
 MISSING = Reply(501, "path missing", enhanced="5.5.4")
 

@@ -1,5 +1,5 @@
 """
-Tests for L{esmtpkit.data}: the header line classifier and the body
+Tests for L{esmtpkit.core.headers}: the header line classifier and the body
 scanner (dot-unstuffing and the end-of-data marker).
 """
 
@@ -9,15 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from esmtpkit.data import (
+from esmtpkit.core.headers import (
     BODY,
     CONTINUATION,
     END,
     HEADER,
-    BodyScanner,
     HeaderParser,
     parseHeaderSection,
 )
+from esmtpkit.smtp.framing import BodyScanner
 
 
 class HeaderParserTests(SynchronousTestCase):

@@ -18,7 +18,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from esmtpkit import ESMTPHandler, Reply
-from esmtpkit.tap import Options
+from esmtpkit.server.tap import Options
 from esmtpkit.testing import SMTPTestConnection, dotStuff, parseReplies
 
 from .test_protocol import Recorder, connect, openTransaction, recorderFactory

@@ -48,10 +48,10 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from esmtpkit import ESMTPHandler, Reply, ReplyError, Settings
-from esmtpkit.data import BODY, END, HeaderParser
+from esmtpkit.core.headers import BODY, END, HeaderParser
 from esmtpkit.handler import defaultReply
-from esmtpkit.message import CHUNK
-from esmtpkit.protocol import HELD_INPUT
+from esmtpkit.smtp.message import CHUNK
+from esmtpkit.smtp.protocol import HELD_INPUT
 from esmtpkit.testing import LogCollector, SMTPTestConnection, parseReplies
 
 HOSTNAME = "mx.example.test"

@@ -12,12 +12,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyClass, verifyObject
 
 from esmtpkit import ESMTPHandler, IESMTPHandler, Reply, Session
-from esmtpkit.command import parseParams
 from esmtpkit.handler import defaultReply
 from esmtpkit.handlers import Sink
-from esmtpkit.params import checkMailParams, checkRcptParams
 from esmtpkit.session import Params
 from esmtpkit.settings import Settings
+from esmtpkit.smtp.command import parseParams
+from esmtpkit.smtp.params import checkMailParams, checkRcptParams
 
 HOOKS_WITHOUT_REPLY = ("HEADER", "EOH", "BODY", "ABORT", "DISCONNECT")
 
@@ -122,7 +122,7 @@ class DefaultReplyTests(SynchronousTestCase):
 
     def test_mail(self) -> None:
         """
-        MAIL: 250 2.1.0 naming the sender; parameters that esmtpkit.params
+        MAIL: 250 2.1.0 naming the sender; parameters that esmtpkit.smtp.params
         marked unknown get 555 5.5.4 naming the first of them, known ones
         are accepted.
         """
@@ -137,7 +137,7 @@ class DefaultReplyTests(SynchronousTestCase):
     def test_mailPlainDict(self) -> None:
         """
         Only C{Params.unknown} decides what is unknown: a plain dict (never
-        checked by esmtpkit.params) is accepted whatever its keys.
+        checked by esmtpkit.smtp.params) is accepted whatever its keys.
         """
         reply = self.handler.MAIL("a@example.org", {"XFOO": None})
         self.assertEqual((reply.code, reply.enhanced), (250, "2.1.0"))

@@ -1,5 +1,5 @@
 """
-Tests for L{esmtpkit.idle.IdleTimer}: one timer for every connection's idle
+Tests for L{esmtpkit.server.idle.IdleTimer}: one timer for every connection's idle
 timeout.
 """
 
@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 
 from esmtpkit import ESMTPHandler
-from esmtpkit.idle import IdleTimer
+from esmtpkit.server.idle import IdleTimer
 from esmtpkit.testing import SMTPTestConnection
 
 

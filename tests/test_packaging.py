@@ -47,8 +47,9 @@ def test_wheelContainsPackageAndPlugin(wheelFiles: list[str]) -> None:
     for name in (
         "twisted/plugins/esmtpkit_plugin.py",
         "esmtpkit/__init__.py",
-        "esmtpkit/protocol.py",
-        "esmtpkit/tap.py",
+        "esmtpkit/core/hooks.py",
+        "esmtpkit/smtp/protocol.py",
+        "esmtpkit/server/tap.py",
         "esmtpkit/handlers/__init__.py",
         "esmtpkit/handlers/maildir.py",
         "esmtpkit/handlers/sink.py",
@@ -75,14 +76,14 @@ def test_wheelLeavesTwistedAlone(wheelFiles: list[str]) -> None:
 def test_pluginModuleDoesNotImportReactor(tmp_path: Path) -> None:
     """
     Importing the plugin module (as Twisted does whenever it rebuilds its
-    plugin cache) installs no reactor and does not import esmtpkit.tap.
+    plugin cache) installs no reactor and does not import esmtpkit.server.tap.
     """
     probe = (
         "import sys\n"
         "import twisted.plugins.esmtpkit_plugin as plugin\n"
         "assert plugin.esmtpkit.tapname == 'esmtpkit', plugin.esmtpkit.tapname\n"
         "assert 'twisted.internet.reactor' not in sys.modules, 'reactor imported'\n"
-        "assert 'esmtpkit.tap' not in sys.modules, 'esmtpkit.tap imported'\n"
+        "assert 'esmtpkit.server.tap' not in sys.modules, 'esmtpkit.server.tap imported'\n"
         "print('ok')\n"
     )
     result = subprocess.run(

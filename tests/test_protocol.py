@@ -1,5 +1,5 @@
 """
-Unit tests for L{esmtpkit.protocol.ESMTPProtocol}, driven in memory through
+Unit tests for L{esmtpkit.smtp.protocol.ESMTPProtocol}, driven in memory through
 L{esmtpkit.testing.SMTPTestConnection} (StringTransport and a fake Clock; no
 sockets, no reactor).
 """
@@ -14,7 +14,7 @@ from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from esmtpkit import ESMTPHandler, Reply, ReplyError
-from esmtpkit.hooks import HOOK_TIMEOUT
+from esmtpkit.core.hooks import HOOK_TIMEOUT
 from esmtpkit.testing import SMTPTestConnection, dotStuff
 
 HOSTNAME = "mx.example.test"

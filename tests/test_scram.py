@@ -1,5 +1,5 @@
 """
-Unit tests of L{esmtpkit.scram}: verifiers and their text form, the server
+Unit tests of L{esmtpkit.security.scram}: verifiers and their text form, the server
 side of the SCRAM-SHA-256 exchange (RFC 7677's test vector, checked both
 against the server and against the independent client in
 L{tests.tlshelpers}), malformed messages, user enumeration, the file
@@ -23,8 +23,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from esmtpkit import scram
-from esmtpkit.scram import (
+from esmtpkit.security import scram
+from esmtpkit.security.scram import (
     IScramSHA256Credentials,
     IScramVerifierSource,
     ScramFileChecker,

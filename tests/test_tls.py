@@ -38,11 +38,11 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from esmtpkit import ESMTPFactory, ESMTPHandler
-from esmtpkit.auth import makePortal
-from esmtpkit.endpoints import serverFromDescription
 from esmtpkit.reply import Reply
-from esmtpkit.scram import makeVerifier
-from esmtpkit.tls import ServerTLS, TLSConfigurationError
+from esmtpkit.security.auth import makePortal
+from esmtpkit.security.scram import makeVerifier
+from esmtpkit.security.tls import ServerTLS, TLSConfigurationError
+from esmtpkit.server.endpoints import serverFromDescription
 
 from .helpers import (
     LOOPBACK,

@@ -380,7 +380,7 @@ def test_raiseFileLimit() -> None:
     The soft limit of open files is raised to the hard limit, capped, and
     never lowered.
     """
-    from esmtpkit.tap import raiseFileLimit
+    from esmtpkit.server.tap import raiseFileLimit
 
     low = _FakeResource(1024, 4096)
     assert raiseFileLimit(low) == 4096

@@ -3,7 +3,7 @@ Helpers for the TLS and AUTH tests: a small PKI generated with
 C{cryptography} and written as PEM files into a temporary directory, TLS
 client contexts, an in-memory transport that can start TLS, an in-process
 server on the real reactor, and a SCRAM-SHA-256 client (RFC 5802, RFC 7677)
-written independently of C{esmtpkit.scram}, so that the server's mechanism
+written independently of C{esmtpkit.security.scram}, so that the server's mechanism
 is checked against a second implementation.
 
 Every network helper talks to 127.0.0.1 only.

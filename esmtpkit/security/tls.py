@@ -17,7 +17,7 @@ from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .session import TLSInfo
+from ..session import TLSInfo
 
 __all__ = ["ServerTLS", "TLSConfigurationError", "tlsInfo", "TLS_VERSIONS"]
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from .reply import Reply, ReplyError
-from .session import Params
+from ..reply import Reply, ReplyError
+from ..session import Params
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from ..settings import Settings
 
 __all__ = ["checkMailParams", "checkRcptParams", "xtextDecode", "TOO_BIG"]
 

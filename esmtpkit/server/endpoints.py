@@ -134,7 +134,7 @@ class ProxyHeaderFirstEndpoint:
 class ImplicitTLSEndpoint:
     """
     A server endpoint whose connections speak TLS from the first byte, with
-    a TLS connection creator such as L{esmtpkit.tls.ServerTLS}.
+    a TLS connection creator such as L{esmtpkit.security.tls.ServerTLS}.
     """
 
     def __init__(self, wrapped: IStreamServerEndpoint, tls: Any) -> None:

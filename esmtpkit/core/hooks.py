@@ -27,8 +27,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .handler import defaultReply
-from .reply import Reply, ReplyError, toReply
+from ..handler import defaultReply
+from ..reply import Reply, ReplyError, toReply
 
 __all__ = ["HookRunner", "HOOK_FAILED", "HOOK_TIMEOUT"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 import sys
 
+from ..reply import Reply, ReplyError
+from ..session import Params
 from .address import isValidMailbox
-from .reply import Reply, ReplyError
-from .session import Params
 
 __all__ = [
     "splitCommand",

@@ -14,10 +14,10 @@ from twisted.application.service import MultiService
 from twisted.cred.portal import Portal
 from twisted.logger import Logger
 
+from ..security.tls import ServerTLS
+from ..settings import Settings
 from .endpoints import serverFromDescription
 from .factory import ESMTPFactory, HandlerFactory
-from .settings import Settings
-from .tls import ServerTLS
 from .workers import AdoptedPortService, ParentWatchService
 
 __all__ = ["ESMTPService", "DEFAULT_PORT"]

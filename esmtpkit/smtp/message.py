@@ -11,18 +11,19 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.python.failure import Failure
 
-from .data import BODY, END, BodyScanner, HeaderParser, parseHeaderSection
+from ..core.headers import BODY, END, HeaderParser, parseHeaderSection
+from ..reply import Reply
+from ..session import Transaction
+from .framing import BodyScanner, hasBareLineEnding, normalizeLineEndings
 from .params import TOO_BIG
-from .reply import Reply
-from .session import Transaction
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
-    from .factory import ESMTPFactory, LevelLogger
-    from .hooks import HookRunner
-    from .session import Session
-    from .settings import Settings
+    from ..core.hooks import HookRunner
+    from ..server.factory import ESMTPFactory, LevelLogger
+    from ..session import Session
+    from ..settings import Settings
 
 __all__ = ["MessageReceiver", "COMMAND", "HEADERS", "BODY_STATE", "CHUNK"]
 
@@ -35,15 +36,6 @@ HEADERS_TOO_BIG = Reply(552, "Message header section too large", enhanced="5.3.4
 BARE_LINE_ENDING = Reply(
     550, "Bare CR or LF in message; lines must end with CRLF", enhanced="5.5.2"
 )
-
-
-def _hasBareLineEnding(data: bytes) -> bool:
-    newlines = data.count(b"\n")
-    return newlines != data.count(b"\r") or newlines != data.count(b"\r\n")
-
-
-def _normalizeLineEndings(data: bytes) -> bytes:
-    return data.replace(b"\r\n", b"\n").replace(b"\r", b"").replace(b"\n", b"\r\n")
 
 
 class _Message:
@@ -87,7 +79,7 @@ class _Message:
 
 class MessageReceiver:
     """
-    The part of L{ESMTPProtocol <esmtpkit.protocol.ESMTPProtocol>} that
+    The part of L{ESMTPProtocol <esmtpkit.smtp.protocol.ESMTPProtocol>} that
     receives message content, as a mixin.
 
     For DATA the protocol calls L{_beginMessage} once DATA is answered with
@@ -274,7 +266,7 @@ class MessageReceiver:
                 and not (limit and m.size + total > limit)
                 and section[:1] != b"."
                 and b"\n." not in section
-                and not _hasBareLineEnding(section)
+                and not hasBareLineEnding(section)
             ):
                 fields = parseHeaderSection(section)
         if fields is None:
@@ -414,11 +406,11 @@ class MessageReceiver:
             m.endOfDataSeen = True
             self.setLineMode(leftover)
         body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        if body and _hasBareLineEnding(body):
+        if body and hasBareLineEnding(body):
             if self.settings.bareLineEndings == "reject":
                 self._failMessage(BARE_LINE_ENDING)
             else:
-                body = _normalizeLineEndings(body)
+                body = normalizeLineEndings(body)
         self._queueBody(body)
 
     def _queueBody(self, body: bytes) -> None:
@@ -549,8 +541,8 @@ class MessageReceiver:
         if data.endswith(b"\r") and not self._chunkLast:
             m.heldCR = b"\r"
             data = data[:-1]
-        if _hasBareLineEnding(data):
-            data = _normalizeLineEndings(data)
+        if hasBareLineEnding(data):
+            data = normalizeLineEndings(data)
         return data
 
     def _binary(self) -> bool:

@@ -18,13 +18,13 @@ from twisted.logger import (
     globalLogPublisher,
 )
 
-from .auth import Authenticator
+from ..reply import Reply
+from ..security.auth import Authenticator
+from ..security.tls import ServerTLS
+from ..settings import Settings
+from ..smtp.protocol import ESMTPProtocol
 from .idle import IdleTimer
 from .output import OutputBatch
-from .protocol import ESMTPProtocol
-from .reply import Reply
-from .settings import Settings
-from .tls import ServerTLS
 
 __all__ = ["ESMTPFactory", "HandlerFactory"]
 
@@ -117,7 +117,7 @@ class ESMTPFactory(ServerFactory):
         @param tls: certificates for STARTTLS and implicit TLS listeners;
             without them STARTTLS is not offered.
         @param portal: a L{twisted.cred} portal to check AUTH credentials
-            (see L{esmtpkit.auth.makePortal}); without it AUTH is not
+            (see L{esmtpkit.security.auth.makePortal}); without it AUTH is not
             offered. Its avatars must be identities (user names).
         """
         if not callable(handlerFactory):

@@ -1,6 +1,6 @@
 """
 The STARTTLS (RFC 3207) and AUTH (RFC 4954) commands, as a mixin of
-L{ESMTPProtocol <esmtpkit.protocol.ESMTPProtocol>}.
+L{ESMTPProtocol <esmtpkit.smtp.protocol.ESMTPProtocol>}.
 
 STARTTLS: refused while a transaction is open or when TLS is already on;
 input that the client pipelined after the command is never run (it would be
@@ -25,16 +25,16 @@ from twisted.internet.interfaces import IHandshakeListener, ISSLTransport, ITLST
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .auth import Authenticator, Challenge, Login, SASLError
+from ..reply import Reply
+from ..security.auth import Authenticator, Challenge, Login, SASLError
+from ..security.tls import tlsInfo
 from .message import COMMAND
-from .reply import Reply
-from .tls import tlsInfo
 
 if TYPE_CHECKING:
-    from .factory import ESMTPFactory, LevelLogger
-    from .hooks import HookRunner
-    from .session import Session
-    from .settings import Settings
+    from ..core.hooks import HookRunner
+    from ..server.factory import ESMTPFactory, LevelLogger
+    from ..session import Session
+    from ..settings import Settings
 
 __all__ = ["SecureCommands", "AUTH_STATE"]
 

@@ -21,12 +21,12 @@ from twisted.python.reflect import namedAny
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyClass
 
-from .auth import makePortal
-from .interfaces import IESMTPHandler
-from .scram import IScramSHA256Credentials, ScramFileChecker
+from ..interfaces import IESMTPHandler
+from ..security.auth import makePortal
+from ..security.scram import IScramSHA256Credentials, ScramFileChecker
+from ..security.tls import ServerTLS, TLSConfigurationError
+from ..settings import Settings
 from .service import DEFAULT_PORT, ESMTPService
-from .settings import Settings
-from .tls import ServerTLS, TLSConfigurationError
 from .workers import WorkerSupervisor, cores, listeningDescription
 
 __all__ = ["Options", "makeService"]

@@ -25,26 +25,26 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
+from ..core.hooks import HookRunner
+from ..handler import skippableHooks
+from ..interfaces import IESMTPHandler
+from ..reply import Reply, ReplyError, formatLines
+from ..session import Params, Recipient, Session
 from .command import checkMailbox, parseParams, parsePath, splitCommand
-from .handler import skippableHooks
-from .hooks import HookRunner
-from .interfaces import IESMTPHandler
 from .lines import PushbackLineReceiver
 from .message import CHUNK, COMMAND, HEADERS, MessageReceiver
 from .params import checkMailParams, checkRcptParams
-from .reply import Reply, ReplyError, formatLines
-from .security import AUTH_STATE, SecureCommands
-from .session import Params, Recipient, Session
+from .secure import AUTH_STATE, SecureCommands
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
-    from .factory import ESMTPFactory
+    from ..server.factory import ESMTPFactory
 
 __all__ = ["ESMTPProtocol"]
 
 # Protocol states (and COMMAND, HEADERS, BODY_STATE, CHUNK from
-# esmtpkit.message).
+# esmtpkit.smtp.message).
 GREETING = "greeting"  # the greeting has not been sent yet
 REFUSED = "refused"  # CONNECT answered 554: only QUIT is served
 SKIPLINE = "skipline"  # raw mode: discarding the rest of an over-long line

@@ -1,0 +1,3 @@
+"""
+TLS certificates and SASL authentication (twisted.cred, SCRAM).
+"""

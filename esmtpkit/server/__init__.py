@@ -1,0 +1,3 @@
+"""
+The server plumbing: the factory, the service, twistd options, worker processes, endpoints, timers and the reply writer.
+"""
