@@ -7,14 +7,17 @@ Run it with C{twistd -n esmtpkit --handler mod.Class}, or from Twisted code
 with L{ESMTPFactory} or L{ESMTPService}.
 """
 
+from .core.events import ServerEvents, ServerObserver
+from .core.results import PerRecipient
 from .handler import ESMTPHandler
 from .interfaces import IESMTPHandler
 from .received import receivedHeader
 from .reply import Reply, ReplyError
-from .server.factory import ESMTPFactory
+from .server.factory import ESMTPFactory, LMTPFactory
 from .server.service import ESMTPService
 from .session import Recipient, Session, TLSInfo, Transaction
 from .settings import Settings
+from .smtp.lmtp import LMTPProtocol
 from .smtp.protocol import ESMTPProtocol
 
 __version__ = "0.1.0"
@@ -25,10 +28,15 @@ __all__ = [
     "ESMTPProtocol",
     "ESMTPService",
     "IESMTPHandler",
+    "LMTPFactory",
+    "LMTPProtocol",
+    "PerRecipient",
     "Recipient",
     "Reply",
     "ReplyError",
     "Session",
+    "ServerEvents",
+    "ServerObserver",
     "Settings",
     "TLSInfo",
     "Transaction",

@@ -147,7 +147,9 @@ class Session(_HandlerData):
     @ivar tls: L{TLSInfo} while the connection is encrypted, else L{None}.
     @ivar authenticated: the authenticated identity, or L{None}.
     @ivar transaction: the current L{Transaction}, or L{None}.
-    @ivar messages: how many messages were accepted on this connection.
+    @ivar messages: how many messages were accepted (for at least one
+        recipient) on this connection.
+    @ivar lmtp: C{True} on an LMTP connection.
     @ivar data: free for the handler's own use (a dict, made on first use:
         most connections never need one).
     """
@@ -163,6 +165,7 @@ class Session(_HandlerData):
     transaction: Transaction | None = None
     messages: int = 0
     transactions: int = 0
+    lmtp: bool = False
 
     @property
     def peerHost(self) -> str:
@@ -175,11 +178,15 @@ class Session(_HandlerData):
     def withProtocol(self) -> str:
         """
         The protocol name for a C{Received:} header's C{with} clause
-        (RFC 3848): SMTP, ESMTP, ESMTPS, ESMTPA or ESMTPSA.
+        (RFC 3848): SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, or LMTP with the
+        same suffixes.
         """
-        if not self.esmtp:
+        if self.lmtp:
+            name = "LMTP"
+        elif not self.esmtp:
             return "SMTP"
-        name = "ESMTP"
+        else:
+            name = "ESMTP"
         if self.tls is not None:
             name += "S"
         if self.authenticated is not None:

@@ -50,8 +50,7 @@ from twisted.python.failure import Failure
 from esmtpkit import ESMTPHandler, Reply, ReplyError, Settings
 from esmtpkit.core.headers import BODY, END, HeaderParser
 from esmtpkit.handler import defaultReply
-from esmtpkit.smtp.message import CHUNK
-from esmtpkit.smtp.protocol import HELD_INPUT
+from esmtpkit.smtp.connection import HELD_INPUT
 from esmtpkit.testing import LogCollector, SMTPTestConnection, parseReplies
 
 HOSTNAME = "mx.example.test"
@@ -322,7 +321,9 @@ class Conversation:
         elif name == "DATA":
             if kind == 3:
                 assert self.conn is not None
-                self.message = "bdat" if self.conn.protocol._state == CHUNK else "data"
+                # BDAT reads its chunk raw while DATA is asked; DATA does not.
+                chunked = self.conn.protocol._reader is not None
+                self.message = "bdat" if chunked else "data"
                 self.eoh = False
                 self.failed = False
                 self.content = bytearray()
@@ -1026,13 +1027,14 @@ class FuzzMachine(RuleBasedStateMachine):
         limits = {
             "_buffer": max(lineMax, HELD_INPUT) + read,
             "_pushedBack": 0,
-            "bodyQueue": 2 * (lineMax + read) + settings.chunkSize,
-            "rawHeaders": 2 * settings.maxHeaderSize + 2 * read + 4,
-            "headerBuffer": settings.maxHeaderSize,
+            "_bodyQueue": 2 * (lineMax + read) + settings.chunkSize,
+            "_rawHeaders": 2 * settings.maxHeaderSize + 2 * read + 4,
+            "_partial": settings.maxHeaderSize,
         }
-        message = protocol._msg  # the message being received, if any
+        reader = protocol._message  # the reader of the message, if any
+        message = reader.content if reader is not None else None
         for name, limit in limits.items():
-            owner = protocol if name.startswith("_") else message
+            owner = protocol if name in ("_buffer", "_pushedBack") else message
             size = len(getattr(owner, name, b"")) if owner is not None else 0
             assert size <= limit, f"{name} holds {size} bytes (limit {limit})"
 

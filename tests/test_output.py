@@ -16,7 +16,7 @@ class FakeSender:
         self.name = name
         self.flushed = flushed
 
-    def flushOutput(self) -> None:
+    def flush(self) -> None:
         self.flushed.append(self.name)
 
 
@@ -53,8 +53,8 @@ class OutputBatchTests(SynchronousTestCase):
         later = self.sender("later")
 
         class Chaining(FakeSender):
-            def flushOutput(inner) -> None:
-                super().flushOutput()
+            def flush(inner) -> None:
+                super().flush()
                 self.batch.add(later, self.clock)
 
         self.batch.add(Chaining("chain", self.flushed), self.clock)

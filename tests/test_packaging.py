@@ -47,7 +47,7 @@ def test_wheelContainsPackageAndPlugin(wheelFiles: list[str]) -> None:
     for name in (
         "twisted/plugins/esmtpkit_plugin.py",
         "esmtpkit/__init__.py",
-        "esmtpkit/core/hooks.py",
+        "esmtpkit/core/conversation.py",
         "esmtpkit/smtp/protocol.py",
         "esmtpkit/server/tap.py",
         "esmtpkit/handlers/__init__.py",

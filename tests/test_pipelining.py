@@ -495,7 +495,7 @@ class OutputTests(SynchronousTestCase):
         transport's write buffer is full, and the input it holds stays
         within HELD_INPUT plus one read, however long this goes on.
         """
-        from esmtpkit.smtp.protocol import HELD_INPUT
+        from esmtpkit.smtp.connection import HELD_INPUT
 
         conn = connect()
         conn.command("EHLO client.example")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import (
     CancelledError,
@@ -22,13 +22,15 @@ from twisted.internet.defer import (
     ensureDeferred,
 )
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..handler import defaultReply
 from ..reply import Reply, ReplyError, toReply
+from .results import PerRecipient
+
+if TYPE_CHECKING:
+    from .conversation import Conversation
 
 __all__ = ["HookRunner", "HOOK_FAILED", "HOOK_TIMEOUT"]
 
@@ -81,10 +83,7 @@ class HookRunner:
     __slots__ = (
         "handler",
         "pending",
-        "_sessionId",
-        "_log",
-        "_clock",
-        "_timeout",
+        "_conversation",
         "_flow",
         "_steps",
         "_driving",
@@ -93,26 +92,18 @@ class HookRunner:
     )
 
     def __init__(
-        self,
-        handler: Any,
-        sessionId: str,
-        log: Logger,
-        clock: IReactorTime,
-        timeout: float,
-        flow: HookFlow,
+        self, handler: Any, conversation: Conversation, flow: HookFlow
     ) -> None:
         """
-        @param timeout: seconds a hook may take (0 for no limit).
+        @param conversation: the conversation the hooks belong to: its
+            session, settings (the hook timeout), clock and events.
         @param flow: told when a hook becomes pending and when the queue has
             run dry after that (an object rather than two callbacks: there
             is a runner per connection, and bound methods cost memory).
         """
         self.handler = handler
         self.pending: Deferred[Any] | None = None
-        self._sessionId = sessionId
-        self._log = log
-        self._clock = clock
-        self._timeout = timeout
+        self._conversation = conversation
         self._flow = flow
         # A tuple, rebuilt as steps come and go: steps are few, and an idle
         # connection's empty queue is the shared empty tuple.
@@ -202,6 +193,9 @@ class HookRunner:
         Deferred fires. C{done} must not call hooks itself; it queues steps
         with L{now}.
         """
+        conversation = self._conversation
+        if conversation.events.hookFinished:
+            done = conversation.timed(name, done)
         try:
             result = getattr(self.handler, name)(*args)
         except Exception:
@@ -218,8 +212,9 @@ class HookRunner:
             done(result)
             return
         deferred: Deferred[Any] = ensureDeferred(result)
-        if not deferred.called and self._timeout:
-            deferred.addTimeout(self._timeout, self._clock)
+        timeout = self._conversation.settings.hookTimeout
+        if not deferred.called and timeout:
+            deferred.addTimeout(timeout, self._conversation.clock)
         self._await(deferred, done)
 
     def wait(self, deferred: Deferred[Any], done: Done) -> None:
@@ -234,7 +229,7 @@ class HookRunner:
         """
         Hold the queue, and input, for C{seconds} (to slow a client down).
         """
-        self._await(deferLater(self._clock, seconds), lambda value: None)
+        self._await(deferLater(self._conversation.clock, seconds), lambda value: None)
 
     def _await(self, deferred: Deferred[Any], done: Done) -> None:
         settled: list[Any] = []
@@ -269,19 +264,13 @@ class HookRunner:
         """
         if isinstance(failure.value, ReplyError):
             return failure.value.reply
+        conversation = self._conversation
         if failure.check(DeferredTimeout, CancelledError):
-            self._log.error(
-                "session {session} hook {hook} timed out",
-                session=self._sessionId,
-                hook=name,
-            )
+            for notify in conversation.events.limitReached:
+                notify(conversation.session, "hook-timeout", f"hook {name} timed out")
             return HOOK_TIMEOUT
-        self._log.failure(
-            "session {session} hook {hook} failed",
-            failure=failure,
-            session=self._sessionId,
-            hook=name,
-        )
+        for notify in conversation.events.hookFailed:
+            notify(conversation.session, name, failure)
         return HOOK_FAILED
 
     def callReply(
@@ -293,6 +282,9 @@ class HookRunner:
         reply of a L{ReplyError}), and a reply without an enhanced status
         code gets one that fits the command.
         """
+        conversation = self._conversation
+        if conversation.events.hookFinished:
+            then = conversation.timed(name, then)
         try:
             result = getattr(self.handler, name)(*args)
         except Exception:
@@ -302,12 +294,15 @@ class HookRunner:
         ):
             then(result)  # the common case: nothing to wait for or add
             return
-        self._settle(result, lambda value: then(self._toReply(name, args, value)))
+        self._settle(result, lambda value: then(self.toReply(name, args, value)))
 
-    def _toReply(self, name: str, args: tuple[Any, ...], value: Any) -> Reply:
+    def toReply(self, name: str, args: tuple[Any, ...], value: Any) -> Reply:
         """
-        The reply that the result C{value} of reply hook C{name} stands for.
+        The reply that the result C{value} of reply hook C{name} stands for
+        (a L{PerRecipient} result of EOM is passed on as it is).
         """
+        if type(value) is PerRecipient and name == "EOM":
+            return value  # type: ignore[return-value]
         if isinstance(value, Failure):
             reply = self.failureReply(name, value)
         elif value is None:
@@ -316,12 +311,7 @@ class HookRunner:
             try:
                 reply = toReply(value)
             except (TypeError, ValueError):
-                self._log.failure(
-                    "session {session} hook {hook} returned a bad reply",
-                    session=self._sessionId,
-                    hook=name,
-                )
-                reply = HOOK_FAILED
+                reply = self.failureReply(name, Failure())
         if reply.enhanced is None:
             enhanced = defaultEnhanced(name, reply.code)
             if enhanced is not None:

@@ -1,75 +1,39 @@
 """
-L{ESMTPFactory}: builds an L{ESMTPProtocol} and a handler per connection.
+L{ESMTPFactory}: builds an L{ESMTPProtocol} (or an L{LMTPProtocol}) per
+connection, with the collaborators every connection of one server shares.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
 from twisted.cred.portal import Portal
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
-from twisted.logger import (
-    ILogObserver,
-    Logger,
-    LogLevel,
-    globalLogPublisher,
-)
+from twisted.logger import ILogObserver, globalLogPublisher
 
-from ..reply import Reply
+from ..core.events import LogObserver, ServerEvents, ServerObserver
 from ..security.auth import Authenticator
 from ..security.tls import ServerTLS
 from ..settings import Settings
+from ..smtp.connection import SMTPConnection
+from ..smtp.lmtp import LMTP_SETTINGS, LMTPProtocol
 from ..smtp.protocol import ESMTPProtocol
+from .context import ServerContext
 from .idle import IdleTimer
+from .limits import ConnectionLimits
+from .log import LevelLogger
 from .output import OutputBatch
 
-__all__ = ["ESMTPFactory", "HandlerFactory"]
+__all__ = ["ESMTPFactory", "LMTPFactory", "HandlerFactory"]
 
 HandlerFactory = Callable[[], Any]
 """
 Anything that, called with no arguments, returns a new
 L{IESMTPHandler <esmtpkit.IESMTPHandler>}: usually the handler class.
 """
-
-
-_LEVELS = list(LogLevel.iterconstants())
-
-
-def _ignore(*args: object, **kwargs: object) -> None:
-    pass
-
-
-class LevelLogger(Logger):
-    """
-    A L{Logger} that drops events below a level before building them, so
-    that a quiet server pays next to nothing for the events it does not
-    log.
-
-    @ivar infoEnabled: whether C{info} events are logged (to skip even
-        gathering the fields of a frequent one).
-    """
-
-    def __init__(self, level: LogLevel, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.level = level
-        self._lowest = _LEVELS.index(level)
-        self.infoEnabled = self.enabled(LogLevel.info)
-        # A level that is off costs one call that does nothing.
-        for below in _LEVELS[: self._lowest]:
-            setattr(self, below.name, _ignore)
-
-    def enabled(self, level: LogLevel) -> bool:
-        """
-        Whether events of C{level} are logged.
-        """
-        return _LEVELS.index(level) >= self._lowest
-
-    def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
-        if _LEVELS.index(level) >= self._lowest:
-            super().emit(level, format, **kwargs)
 
 
 class ESMTPFactory(ServerFactory):
@@ -80,20 +44,22 @@ class ESMTPFactory(ServerFactory):
         >>> factory = ESMTPFactory(MyHandler, hostname="mx.example.org")
         >>> endpoint.listen(factory)
 
-    @ivar handlerFactory: called once per connection for its handler.
+    @ivar context: the L{ServerContext} every connection gets.
     @ivar settings: the L{Settings} of every connection.
     @ivar clock: the reactor (or L{Clock <twisted.internet.task.Clock>})
         used for timeouts.
-    @ivar log: the L{Logger} that connections log through, filtered at
+    @ivar log: the L{LevelLogger} of the server's log, filtered at
         C{settings.logLevel}.
-    @ivar connections: the open connections (the keys of a dict, in the order
-        they opened).
+    @ivar events: the server's L{ServerEvents}: the log, then the
+        C{observers} given.
     @ivar tls: the L{ServerTLS}, or L{None}.
     @ivar authenticator: the L{Authenticator} over the AUTH portal, or
         L{None}.
     """
 
-    protocol = ESMTPProtocol
+    protocol: type[SMTPConnection] = ESMTPProtocol
+    requiredSettings: dict[str, Any] = {}
+    """Settings the wire requires, whatever the caller gives."""
 
     def __init__(
         self,
@@ -104,6 +70,8 @@ class ESMTPFactory(ServerFactory):
         logObserver: ILogObserver | None = None,
         tls: ServerTLS | None = None,
         portal: Portal | None = None,
+        observers: Iterable[ServerObserver] = (),
+        events: ServerEvents | None = None,
         **overrides: Any,
     ) -> None:
         """
@@ -117,13 +85,20 @@ class ESMTPFactory(ServerFactory):
         @param tls: certificates for STARTTLS and implicit TLS listeners;
             without them STARTTLS is not offered.
         @param portal: a L{twisted.cred} portal to check AUTH credentials
-            (see L{esmtpkit.security.auth.makePortal}); without it AUTH is not
-            offered. Its avatars must be identities (user names).
+            (see L{esmtpkit.security.auth.makePortal}); without it AUTH is
+            not offered. Its avatars must be identities (user names).
+        @param observers: L{ServerObserver}s of the server's events, told
+            after the log.
+        @param events: the L{ServerEvents} to share with other factories
+            (an SMTP and an LMTP listener of one server); C{observers} and
+            C{logObserver} are then ignored.
         """
         if not callable(handlerFactory):
             raise TypeError(f"{handlerFactory!r} is not callable")
         self.handlerFactory = handlerFactory
-        self.settings = replace(settings or Settings(), **overrides)
+        self.settings = replace(
+            settings or Settings(), **{**overrides, **self.requiredSettings}
+        )
         if clock is None:
             from twisted.internet import reactor
 
@@ -134,68 +109,44 @@ class ESMTPFactory(ServerFactory):
             namespace="esmtpkit",
             observer=logObserver if logObserver is not None else globalLogPublisher,
         )
-        # A dict used as an insertion-ordered set: at 10,000 connections a
-        # dict takes 29 bytes per entry, a set 52.
-        self.connections: dict[ESMTPProtocol, None] = {}
-        self.idleTimer = IdleTimer(clock, self.settings.idleTimeout, self.connections)
-        self.ehloTails: dict[tuple[int, tuple[str, ...]], str] = {}
+        if events is None:
+            events = ServerEvents(
+                [LogObserver(self.log, self.settings.logLevel), *observers]
+            )
+        self.events = events
         self.tls = tls
         self.authenticator = Authenticator(portal) if portal is not None else None
-        self._perPeer: dict[str, int] = {}
-        self._addresses: dict[IAddress, IAddress] = {}
-        self.output = OutputBatch()
+        limits = ConnectionLimits(self.settings)
+        self.context = ServerContext(
+            handlerFactory=handlerFactory,
+            settings=self.settings,
+            clock=clock,
+            events=events,
+            limits=limits,
+            idleTimer=IdleTimer(clock, self.settings.idleTimeout, limits.connections),
+            output=OutputBatch(),
+            tls=tls,
+            authenticator=self.authenticator,
+        )
 
-    def sharedAddress(self, address: IAddress) -> IAddress:
+    @property
+    def connections(self) -> dict[SMTPConnection, None]:
         """
-        One object for equal addresses: every connection to a listening
-        port has the same local address, and need not keep its own copy.
+        The open connections (the keys of a dict, in the order they opened).
         """
-        addresses = self._addresses
-        if len(addresses) >= 256:
-            addresses.clear()
-        try:
-            return addresses.setdefault(address, address)
-        except TypeError:  # not hashable
-            return address
+        return self.context.limits.connections
 
-    def buildProtocol(self, addr: IAddress | None) -> ESMTPProtocol:
-        return self.protocol(self)
+    def buildProtocol(self, addr: IAddress | None) -> SMTPConnection:
+        protocol = self.protocol(self.context)
+        protocol.factory = self
+        return protocol
 
-    def connectionOpened(self, protocol: ESMTPProtocol) -> Reply | None:
-        """
-        Register a new connection; return the reply that refuses it when it
-        is over the total or per-peer connection limit, else L{None}.
-        """
-        settings = self.settings
-        peer = protocol.session.peerHost
-        self.connections[protocol] = None
-        count = self._perPeer[peer] = self._perPeer.get(peer, 0) + 1
-        host = settings.hostname
-        if settings.maxConnections and len(self.connections) > settings.maxConnections:
-            return Reply(
-                421, f"{host} Too many connections, try again later", enhanced="4.7.0"
-            )
-        if (
-            settings.maxConnectionsPerPeer
-            and count > settings.maxConnectionsPerPeer
-            and not settings.isExempt(peer)
-        ):
-            return Reply(
-                421, f"{host} Too many connections from your address", enhanced="4.7.0"
-            )
-        return None
 
-    def connectionClosed(self, protocol: ESMTPProtocol) -> None:
-        """
-        Called by a connection once it is lost.
-        """
-        if protocol in self.connections:
-            del self.connections[protocol]
-            peer = protocol.session.peerHost
-            count = self._perPeer.get(peer, 0) - 1
-            if count > 0:
-                self._perPeer[peer] = count
-            else:
-                self._perPeer.pop(peer, None)
-            if not self.connections:
-                self.idleTimer.stop()
+class LMTPFactory(ESMTPFactory):
+    """
+    A factory for LMTP (RFC 2033) server connections: the same handlers,
+    settings and options as L{ESMTPFactory}.
+    """
+
+    protocol = LMTPProtocol
+    requiredSettings = LMTP_SETTINGS

@@ -24,7 +24,7 @@ class Sender(Protocol):
     A connection whose output an L{OutputBatch} writes.
     """
 
-    def flushOutput(self) -> None:
+    def flush(self) -> None:
         """
         Write the output collected so far.
         """
@@ -43,7 +43,7 @@ class OutputBatch:
 
     def add(self, sender: Sender, reactor: IReactorTime) -> None:
         """
-        Call C{sender.flushOutput()} once this turn of C{reactor} is over
+        Call C{sender.flush()} once this turn of C{reactor} is over
         (once, however often it is added before then).
         """
         self._waiting[sender] = None
@@ -54,4 +54,4 @@ class OutputBatch:
         self._call = None
         waiting, self._waiting = self._waiting, {}
         for sender in waiting:
-            sender.flushOutput()
+            sender.flush()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from ..core.content import TOO_BIG
 from ..reply import Reply, ReplyError
 from ..session import Params
 
@@ -17,9 +18,6 @@ if TYPE_CHECKING:
 
 __all__ = ["checkMailParams", "checkRcptParams", "xtextDecode", "TOO_BIG"]
 
-TOO_BIG = Reply(
-    552, "Message size exceeds fixed maximum message size", enhanced="5.3.4"
-)
 
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
 _UTF8_XTEXT = re.compile(

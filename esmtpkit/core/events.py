@@ -1,0 +1,406 @@
+"""
+What happens on a server, told to whoever listens: L{ServerObserver} is the
+listener's side, L{ServerEvents} the server's.
+
+Every face (SMTP, LMTP, and the milter faces to come) reports the same
+events through one L{ServerEvents} per server. The log is one observer
+(L{LogObserver}); metrics are another. An event nobody listens to costs an
+attribute load and a loop over an empty tuple: the server asks for no
+clock readings and builds nothing for it.
+
+    class Counter(ServerObserver):
+        def __init__(self):
+            self.accepted = 0
+
+        def transactionEnded(self, session, transaction, outcome, replies):
+            if outcome == "accepted":
+                self.accepted += 1
+
+    factory = ESMTPFactory(MyHandler, observers=[Counter()])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from ..reply import Reply
+    from ..session import Session, TLSInfo, Transaction
+
+__all__ = [
+    "ServerObserver",
+    "ServerEvents",
+    "LogObserver",
+    "EVENTS",
+    "OUTCOMES",
+    "LIMITS",
+]
+
+OUTCOMES = ("accepted", "partial", "refused", "aborted")
+"""
+How a transaction ended (L{ServerObserver.transactionEnded}): every
+recipient's reply 2xx, some (LMTP only), none, or no end of message at all
+(RSET, a new greeting, QUIT, the connection lost, or refused while its
+content was being read).
+"""
+
+LIMITS = (
+    "connections",
+    "connections-per-ip",
+    "line-length",
+    "header-size",
+    "message-size",
+    "recipients",
+    "errors",
+    "auth-failures",
+    "idle-timeout",
+    "data-rate",
+    "hook-timeout",
+    "sync",
+)
+"""
+The names L{ServerObserver.limitReached} reports.
+"""
+
+
+class ServerObserver:
+    """
+    A listener for server events: subclass it and override the events you
+    want. Only overridden methods are called (L{ServerEvents} looks), so the
+    others cost nothing; L{wants} can turn off overridden ones too.
+
+    Observers must not raise and must not block: they run inside the
+    conversation. Sessions and transactions are live objects; copy what you
+    keep.
+    """
+
+    def wants(self, event: str) -> bool:
+        """
+        Whether to call the overridden method C{event} (asked once, when the
+        observer is added).
+        """
+        return True
+
+    def connectionOpened(self, session: Session) -> None:
+        """
+        A client connected (behind C{haproxy:}, once its PROXY header was
+        read); C{session.peer} is its address.
+        """
+
+    def connectionRefused(self, session: Session, limit: str, reply: Reply) -> None:
+        """
+        A connection over a connection limit (C{"connections"} or
+        C{"connections-per-ip"}) got C{reply} and is closed.
+        """
+
+    def connectionClosed(self, session: Session) -> None:
+        """
+        The connection is gone and every hook has finished (DISCONNECT was
+        the last).
+        """
+
+    def handlerFailed(self, session: Session, failure: Failure) -> None:
+        """
+        The handler factory raised, or built something that is not an
+        L{IESMTPHandler <esmtpkit.IESMTPHandler>}; the client got 421.
+        """
+
+    def commandReplied(self, session: Session, verb: str, reply: Reply) -> None:
+        """
+        A reply went out: C{verb} is the command it answers (C{"CONNECT"}
+        for the greeting, C{"EOM"} for the end of a message, C{"UNKNOWN"},
+        ...). Under LMTP the end of a message has one such event per
+        recipient.
+        """
+
+    def transactionStarted(self, session: Session, transaction: Transaction) -> None:
+        """
+        MAIL was accepted.
+        """
+
+    def contentRefused(
+        self, session: Session, transaction: Transaction | None, reply: Reply
+    ) -> None:
+        """
+        The message was refused while its content was read (a limit, a
+        bare line ending, a content hook that refused or failed); C{reply}
+        will answer its end. C{transactionEnded} follows with C{"aborted"}.
+        """
+
+    def transactionEnded(
+        self,
+        session: Session,
+        transaction: Transaction,
+        outcome: str,
+        replies: Sequence[Reply],
+    ) -> None:
+        """
+        The transaction is over; C{outcome} is one of L{OUTCOMES}.
+
+        @param replies: after the end of a message, the reply for each
+            recipient in order (under SMTP all the same reply); empty for
+            C{"aborted"}.
+        """
+
+    def tlsStarted(self, session: Session) -> None:
+        """
+        The STARTTLS handshake begins (the 220 went out).
+        """
+
+    def tlsEstablished(self, session: Session, tls: TLSInfo) -> None:
+        """
+        A TLS handshake (STARTTLS or implicit TLS) completed.
+        """
+
+    def tlsFailed(self, session: Session) -> None:
+        """
+        The connection ended before its TLS handshake completed.
+        """
+
+    def authSucceeded(self, session: Session, mechanism: str, identity: Any) -> None:
+        """
+        AUTH succeeded (the credentials were good and the AUTH hook agreed).
+        """
+
+    def authFailed(self, session: Session, mechanism: str, failures: int) -> None:
+        """
+        An AUTH attempt failed; C{failures} counts them on this connection.
+        """
+
+    def limitReached(self, session: Session, limit: str, detail: str) -> None:
+        """
+        A protection triggered: C{limit} is one of L{LIMITS}, C{detail} says
+        more for a person.
+        """
+
+    def hookFinished(self, session: Session, hook: str, seconds: float) -> None:
+        """
+        Hook C{hook} returned, or its Deferred fired, C{seconds} after it was
+        called.
+        """
+
+    def hookFailed(self, session: Session, hook: str, failure: Failure) -> None:
+        """
+        Hook C{hook} raised or its Deferred failed (not with a ReplyError);
+        the client got 451 4.3.0 or the message was refused.
+        """
+
+
+EVENTS = tuple(
+    name
+    for name, value in vars(ServerObserver).items()
+    if callable(value) and not name.startswith("_") and name != "wants"
+)
+"""
+The name of every event.
+"""
+
+
+class ServerEvents:
+    """
+    The observers of one server, by event: each attribute named after an
+    event is the tuple of observer methods to call for it, empty when
+    nobody listens. Callers test the tuple before gathering anything:
+
+        if events.commandReplied:
+            for notify in events.commandReplied:
+                notify(session, verb, reply)
+    """
+
+    __slots__ = ("_observers", *EVENTS)
+
+    def __init__(self, observers: Iterable[ServerObserver] = ()) -> None:
+        self._observers: list[ServerObserver] = []
+        for observer in observers:
+            self._observers.append(observer)
+        self._update()
+
+    def add(self, observer: ServerObserver) -> None:
+        """
+        Start telling C{observer}.
+        """
+        self._observers.append(observer)
+        self._update()
+
+    def remove(self, observer: ServerObserver) -> None:
+        """
+        Stop telling C{observer}.
+        """
+        self._observers.remove(observer)
+        self._update()
+
+    @property
+    def observers(self) -> tuple[ServerObserver, ...]:
+        """
+        The observers, in the order they were added.
+        """
+        return tuple(self._observers)
+
+    def _update(self) -> None:
+        for name in EVENTS:
+            base = getattr(ServerObserver, name)
+            methods = tuple(
+                getattr(observer, name)
+                for observer in self._observers
+                if getattr(type(observer), name, base) is not base
+                and observer.wants(name)
+            )
+            setattr(self, name, methods)
+
+
+class LogObserver(ServerObserver):
+    """
+    The server's log, as an observer: one line per event at the level it
+    deserves, nothing built for a level that is off.
+    """
+
+    _LEVELS: ClassVar[dict[str, LogLevel]] = {
+        "commandReplied": LogLevel.debug,
+        "hookFinished": LogLevel.debug,
+        "transactionStarted": LogLevel.debug,
+        "hookFailed": LogLevel.error,
+        "handlerFailed": LogLevel.error,
+    }
+
+    def __init__(self, log: Logger, level: LogLevel = LogLevel.info) -> None:
+        self.log = log
+        self.level = level
+
+    def wants(self, event: str) -> bool:
+        order = list(LogLevel.iterconstants())
+        wanted = self._LEVELS.get(event, LogLevel.info)
+        return order.index(wanted) >= order.index(self.level)
+
+    def connectionOpened(self, session: Session) -> None:
+        self.log.info(
+            "session {session} connected from {peer}",
+            session=session.id,
+            peer=session.peerHost or str(session.peer),
+        )
+
+    def connectionRefused(self, session: Session, limit: str, reply: Reply) -> None:
+        self.log.info(
+            "session {session} refused: {reason}", session=session.id, reason=reply.text
+        )
+
+    def connectionClosed(self, session: Session) -> None:
+        self.log.info(
+            "session {session} disconnected ({messages} messages accepted)",
+            session=session.id,
+            messages=session.messages,
+        )
+
+    def handlerFailed(self, session: Session, failure: Failure) -> None:
+        self.log.failure(
+            "session {session} could not build its handler",
+            failure=failure,
+            session=session.id,
+        )
+
+    def commandReplied(self, session: Session, verb: str, reply: Reply) -> None:
+        self.log.debug(
+            "session {session} {command} -> {code}",
+            session=session.id,
+            command=verb,
+            code=reply.code,
+        )
+
+    def transactionStarted(self, session: Session, transaction: Transaction) -> None:
+        self.log.debug(
+            "session {session} message {transaction} from=<{sender}>",
+            session=session.id,
+            transaction=transaction.id,
+            sender=transaction.sender,
+        )
+
+    def contentRefused(
+        self, session: Session, transaction: Transaction | None, reply: Reply
+    ) -> None:
+        self.log.info(
+            "session {session} message {transaction} refused while receiving: "
+            "{code} {text}",
+            session=session.id,
+            transaction=transaction.id if transaction else "-",
+            code=reply.code,
+            text=reply.text,
+        )
+
+    def transactionEnded(
+        self,
+        session: Session,
+        transaction: Transaction,
+        outcome: str,
+        replies: Sequence[Reply],
+    ) -> None:
+        if outcome == "aborted":
+            return
+        codes = {reply.code for reply in replies}
+        self.log.info(
+            "session {session} message {transaction} {verdict}: from=<{sender}> "
+            "recipients={recipients} size={size} reply={code}",
+            session=session.id,
+            transaction=transaction.id,
+            verdict=outcome,
+            sender=transaction.sender,
+            recipients=len(transaction.recipients),
+            size=transaction.size,
+            code=replies[0].code
+            if len(codes) == 1
+            else ",".join(str(reply.code) for reply in replies),
+        )
+
+    def tlsStarted(self, session: Session) -> None:
+        self.log.info("session {session} starting TLS", session=session.id)
+
+    def tlsEstablished(self, session: Session, tls: TLSInfo) -> None:
+        self.log.info(
+            "session {session} TLS {version} {cipher}",
+            session=session.id,
+            version=tls.version,
+            cipher=tls.cipher,
+        )
+
+    def tlsFailed(self, session: Session) -> None:
+        self.log.info(
+            "session {session} TLS handshake did not complete", session=session.id
+        )
+
+    def authSucceeded(self, session: Session, mechanism: str, identity: Any) -> None:
+        self.log.info(
+            "session {session} authenticated as {identity}",
+            session=session.id,
+            identity=identity,
+        )
+
+    def authFailed(self, session: Session, mechanism: str, failures: int) -> None:
+        self.log.info(
+            "session {session} authentication failed ({failures})",
+            session=session.id,
+            failures=failures,
+        )
+
+    def limitReached(self, session: Session, limit: str, detail: str) -> None:
+        level = LogLevel.error if limit == "hook-timeout" else LogLevel.info
+        self.log.emit(
+            level, "session {session} {detail}", session=session.id, detail=detail
+        )
+
+    def hookFinished(self, session: Session, hook: str, seconds: float) -> None:
+        self.log.debug(
+            "session {session} hook {hook} took {seconds:.6f}s",
+            session=session.id,
+            hook=hook,
+            seconds=seconds,
+        )
+
+    def hookFailed(self, session: Session, hook: str, failure: Failure) -> None:
+        self.log.failure(
+            "session {session} hook {hook} failed",
+            failure=failure,
+            session=session.id,
+            hook=hook,
+        )

@@ -1,0 +1,87 @@
+"""
+L{ConnectionLimits}: the open connections of a server, and the limits on
+how many there may be at once, in all and from one address.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IAddress
+
+from ..reply import Reply
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["ConnectionLimits"]
+
+
+class ConnectionLimits:
+    """
+    The open connections (the keys of L{connections}, in the order they
+    opened) and their count per peer address.
+
+    @ivar connections: the open connections.
+    """
+
+    __slots__ = ("connections", "_settings", "_perPeer", "_addresses")
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        # A dict used as an insertion-ordered set: at 10,000 connections a
+        # dict takes 29 bytes per entry, a set 52.
+        self.connections: dict[Any, None] = {}
+        self._perPeer: dict[str, int] = {}
+        self._addresses: dict[IAddress, IAddress] = {}
+
+    def sharedAddress(self, address: IAddress) -> IAddress:
+        """
+        One object for equal addresses: every connection to a listening
+        port has the same local address, and need not keep its own copy.
+        """
+        addresses = self._addresses
+        if len(addresses) >= 256:
+            addresses.clear()
+        try:
+            return addresses.setdefault(address, address)
+        except TypeError:  # not hashable
+            return address
+
+    def opened(self, connection: Any) -> tuple[str, Reply] | None:
+        """
+        Register a new connection (with a C{session}); return the limit it
+        is over and the reply that refuses it, or L{None}.
+        """
+        settings = self._settings
+        peer = connection.session.peerHost
+        self.connections[connection] = None
+        count = self._perPeer[peer] = self._perPeer.get(peer, 0) + 1
+        host = settings.hostname
+        if settings.maxConnections and len(self.connections) > settings.maxConnections:
+            return "connections", Reply(
+                421, f"{host} Too many connections, try again later", enhanced="4.7.0"
+            )
+        if (
+            settings.maxConnectionsPerPeer
+            and count > settings.maxConnectionsPerPeer
+            and not settings.isExempt(peer)
+        ):
+            return "connections-per-ip", Reply(
+                421, f"{host} Too many connections from your address", enhanced="4.7.0"
+            )
+        return None
+
+    def closed(self, connection: Any) -> bool:
+        """
+        Forget a connection that is lost; returns whether none is left.
+        """
+        if connection in self.connections:
+            del self.connections[connection]
+            peer = connection.session.peerHost
+            count = self._perPeer.get(peer, 0) - 1
+            if count > 0:
+                self._perPeer[peer] = count
+            else:
+                self._perPeer.pop(peer, None)
+        return not self.connections
