@@ -11,7 +11,8 @@ server's own count where it keeps one), and stops the server by its PID.
 Servers are pinned to core 0 and clients to the other cores when there are
 two or more. Each round runs every server through every scenario, in an
 order that rotates between rounds; ratios to esmtpkit are taken within the
-same round.
+same round. With --baseline REV, esmtpkit at revision REV runs beside the
+checkout's as one more server, esmtpkit-base, and the report compares the two.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ PYTHON = sys.executable
 BIN = Path(sys.executable).parent
 MiB = 1024 * 1024
 REFERENCE = "esmtpkit"  # ratios are taken to this server
+BASE = "esmtpkit-base"  # esmtpkit at the --baseline revision
+CODECHECK = HERE / "codecheck"  # its sitecustomize records the code a server ran
+CODE_RECORD = "ESMTPKIT_BENCH_CODE"  # ...into the folder this variable names
+CODE_SIGNAL = signal.SIGRTMIN + 3  # ...when it gets this signal
 
 
 # -- profiles -----------------------------------------------------------------
@@ -281,6 +286,10 @@ class ServerSpec:
         commands section of the report.
     @ivar pinned: pinned to the server core (False for multi-process servers,
         which get every core).
+    @ivar env: environment variables set for it (PYTHONPATH for esmtpkit).
+    @ivar codeRoot: for an esmtpkit server, the tree whose esmtpkit it must
+        run (the checkout, or the --baseline revision's copy); checked after
+        every run from the modules the server itself had loaded.
     """
 
     name: str
@@ -290,6 +299,8 @@ class ServerSpec:
     scenarios: tuple[str, ...] = ("A", "B", "C", "D", "E", "E2", "F", "F2", "G", "H")
     scenarioArgs: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     pinned: bool = True
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    codeRoot: Path | None = None
 
 
 BACKLOG = 1024
@@ -380,6 +391,8 @@ def esmtpkitTLS(cert: str, key: str) -> list[str]:
     return ["--tls-cert", cert, "--tls-key", key]
 
 
+SINK = "esmtpkit.handlers.Sink"
+
 ESMTPKIT_SCENARIO_ARGS = {
     # E holds thousands of connections; the default limit is 1000 at once
     # (the per-IP limit of 50 does not apply to loopback by default).
@@ -395,7 +408,21 @@ def maildirDelivered(scratch: Path) -> int | None:
     return len(os.listdir(scratch / "Maildir" / "new"))
 
 
-def servers(selected: list[str] | None) -> list[ServerSpec]:
+def esmtpkitEnv(tree: Path | None = None) -> dict[str, str]:
+    """
+    The environment of an esmtpkit server: bench/codecheck on its
+    PYTHONPATH (the code check), after C{tree} if given, whose C{esmtpkit}
+    package and plugin then come before the checkout's (editable install).
+    """
+    inherited = os.environ.get("PYTHONPATH")
+    path = ([str(tree)] if tree else []) + [str(CODECHECK)]
+    return {"PYTHONPATH": os.pathsep.join(path + ([inherited] if inherited else []))}
+
+
+def servers(
+    selected: list[str] | None, baseline: Baseline | None = None
+) -> list[ServerSpec]:
+    checkout = {"env": esmtpkitEnv(), "codeRoot": REPO}
     specs = [
         ServerSpec(
             "aiosmtpd",
@@ -418,17 +445,33 @@ def servers(selected: list[str] | None) -> list[ServerSpec]:
         ),
         ServerSpec(
             REFERENCE,
-            esmtpkitCommand("--handler", "esmtpkit.handlers.Sink"),
+            esmtpkitCommand("--handler", SINK),
             tlsArgs=esmtpkitTLS,
             scenarioArgs=ESMTPKIT_SCENARIO_ARGS,
+            **checkout,
         ),
+    ]
+    if baseline is not None:
+        # The same server, options and pinning, running the code of REV.
+        specs.append(
+            ServerSpec(
+                BASE,
+                esmtpkitCommand("--handler", baseline.handler),
+                tlsArgs=esmtpkitTLS,
+                scenarioArgs=ESMTPKIT_SCENARIO_ARGS,
+                env=esmtpkitEnv(baseline.tree),
+                codeRoot=baseline.tree,
+            )
+        )
+    specs.append(
         ServerSpec(
             "esmtpkit-maildir",
             esmtpkitCommand("--maildir", "{scratch}/Maildir"),
             maildirDelivered,
             scenarios=("A", "B", "C"),  # it fsyncs every message: disk-bound
-        ),
-    ]
+            **checkout,
+        )
+    )
     help = subprocess.run(
         [str(BIN / "twistd"), "esmtpkit", "--help"], capture_output=True, text=True
     ).stdout
@@ -441,14 +484,182 @@ def servers(selected: list[str] | None) -> list[ServerSpec]:
                 ),
                 scenarios=("A",),
                 pinned=False,
+                **checkout,
             )
         )
     if selected:
+        if BASE in selected and baseline is None:
+            sys.exit(f"{BASE} needs --baseline REV")
+        if baseline is not None and BASE not in selected:
+            selected = selected + [BASE]
         unknown = set(selected) - {s.name for s in specs}
         if unknown:
             sys.exit(f"unknown server(s): {', '.join(sorted(unknown))}")
         specs = [s for s in specs if s.name in selected]
     return specs
+
+
+def within(paths: list[str] | None, where: Path) -> bool:
+    """
+    Whether C{paths} (a module's file, or a namespace package's folders)
+    are all inside C{where}, and there is at least one.
+    """
+    return bool(paths) and all(
+        Path(p).resolve().is_relative_to(where.resolve()) for p in paths or []
+    )
+
+
+# -- the baseline: esmtpkit at another revision ---------------------------------
+
+
+@dataclass
+class Baseline:
+    """
+    esmtpkit at another git revision, beside the checkout: REV's whole tree
+    (C{git archive}) in a temporary folder outside the repository, run by
+    the same twistd with that tree first on PYTHONPATH, so that C{import
+    esmtpkit} and Twisted's plugin discovery (twisted/plugins/ of every
+    sys.path entry, the first of a name winning) find REV's code before
+    the checkout's editable install.
+    """
+
+    rev: str  # as given
+    commit: str
+    subject: str
+    tree: Path
+    handler: str  # the dotted name of REV's Sink handler
+    probe: dict[str, Any]  # where the probe found REV's plugin, tap, handler
+    changed: list[str]  # esmtpkit/, twisted/plugins/ files unlike the checkout's
+
+
+TEMPORARY: list[Path] = []  # folders removed when the run ends, however it ends
+
+
+def removeTemporary() -> None:
+    while TEMPORARY:
+        shutil.rmtree(TEMPORARY.pop(), ignore_errors=True)
+
+
+def git(*args: str) -> str:
+    proc = subprocess.run(
+        ["git", "-C", str(REPO), *args], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip() or f"git {args[0]} failed")
+    return proc.stdout.strip()
+
+
+# Run with the baseline server's environment: what twistd would load.
+PROBE = r"""
+import importlib, json, sys
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.python.reflect import namedAny
+
+def where(module):
+    path = getattr(module, "__file__", None)
+    return [path] if path else list(getattr(module, "__path__", []))
+
+makers = [p for p in getPlugins(IServiceMaker) if p.tapname == "esmtpkit"]
+found = {
+    "esmtpkit": where(importlib.import_module("esmtpkit")),
+    "plugin": where(sys.modules.get("twisted.plugins.esmtpkit_plugin")),
+    "makers": {m.module: where(importlib.import_module(m.module)) for m in makers},
+    "handler": None,
+}
+for name in sys.argv[1:]:
+    try:
+        value = namedAny(name)
+    except Exception:
+        continue
+    found["handler"] = {"name": name, "file": where(sys.modules[value.__module__])}
+    break
+print(json.dumps(found))
+"""
+
+
+def makeBaseline(rev: str) -> Baseline:
+    """
+    Copy REV's tree into a temporary folder and check, in the environment
+    its server will get, that twistd's plugin discovery finds REV's plugin
+    and the esmtpkit.tap (or whatever module the plugin names) and Sink
+    handler of REV's tree. Exits when it does not.
+    """
+    if rev.startswith("-"):
+        sys.exit(f"bench: --baseline {rev}: not a revision")
+    try:
+        commit = git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    except RuntimeError:
+        sys.exit(f"bench: --baseline {rev}: not a commit of this repository")
+    subject = git("log", "-1", "--format=%s", commit)
+    top = Path(tempfile.mkdtemp(prefix="esmtpkit-base-"))
+    TEMPORARY.append(top)
+    tree = top / "tree"
+    tree.mkdir()
+    archive = subprocess.Popen(
+        ["git", "-C", str(REPO), "archive", "--format=tar", commit],
+        stdout=subprocess.PIPE,
+    )
+    untar = subprocess.run(
+        ["tar", "-x", "-f", "-", "-C", str(tree)], stdin=archive.stdout
+    )
+    assert archive.stdout is not None
+    archive.stdout.close()
+    if archive.wait() != 0 or untar.returncode != 0:
+        sys.exit(f"bench: --baseline {rev}: git archive {commit[:10]} failed")
+    if not (tree / "esmtpkit" / "__init__.py").exists():
+        sys.exit(f"bench: --baseline {rev}: {commit[:10]} has no esmtpkit package")
+    # The Sink handler: where it is now, else wherever REV's tree defines it
+    # (its modules may be laid out differently).
+    candidates = [SINK] + sorted(
+        ".".join(path.relative_to(tree).with_suffix("").parts).removesuffix(".__init__")
+        + ".Sink"
+        for path in (tree / "esmtpkit").rglob("*.py")
+        if re.search(r"^class Sink\b", path.read_text(errors="replace"), re.M)
+    )
+    proc = subprocess.run(
+        [PYTHON, "-P", "-c", PROBE, *candidates],
+        env={**os.environ, **esmtpkitEnv(tree)},
+        cwd=top,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        sys.exit(
+            f"bench: --baseline {rev}: importing its esmtpkit failed:\n"
+            + proc.stderr[-3000:]
+        )
+    probe = json.loads(proc.stdout.splitlines()[-1])
+    wrong = [
+        f"{what} from {paths}"
+        for what, paths, where in [
+            ("esmtpkit", probe["esmtpkit"], tree / "esmtpkit"),
+            ("plugin", probe["plugin"], tree / "twisted" / "plugins"),
+            *[(m, p, tree / "esmtpkit") for m, p in probe["makers"].items()],
+            ("handler", (probe["handler"] or {}).get("file"), tree / "esmtpkit"),
+        ]
+        if not within(paths, where)
+    ]
+    if not probe["makers"]:
+        wrong.append("no esmtpkit plugin found")
+    if wrong:
+        sys.exit(
+            f"bench: --baseline {rev}: its server would not run {commit[:10]}'s "
+            f"code (tree {tree}): " + "; ".join(wrong)
+        )
+    changed = git(
+        "diff",
+        "--name-only",
+        "--no-renames",
+        commit,
+        "--",
+        "esmtpkit",
+        "twisted/plugins",
+    ).splitlines()
+    return Baseline(
+        rev, commit, subject, tree, probe["handler"]["name"], probe, changed
+    )
 
 
 class Server:
@@ -477,12 +688,18 @@ class Server:
         # Its output goes to server.log in the scratch directory (smtp-sink's
         # counters are read from there), copied to the logs folder at stop.
         self._log = open(self.scratch / "server.log", "wb")
+        self.env = dict(spec.env)  # what it gets beyond our own environment
+        if spec.codeRoot is not None:
+            (self.scratch / "code").mkdir()
+            self.env[CODE_RECORD] = str(self.scratch / "code")
+        env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(
             self.command,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=self.scratch,
+            env=env,
             start_new_session=True,
         )
         LIVE[self.proc.pid] = self.proc
@@ -569,6 +786,70 @@ class Server:
 
     def delivered(self) -> int | None:
         return self.spec.delivered(self.scratch)
+
+    def recordCode(self, timeout: float = 10.0) -> None:
+        """
+        Ask the server where its esmtpkit code came from: with
+        L{CODE_SIGNAL}, its bench/codecheck/sitecustomize writes the files
+        of the modules it has loaded to C{<scratch>/code/<pid>.json}.
+        """
+        record = self.scratch / "code" / f"{self.proc.pid}.json"
+        if not self.alive():
+            return
+        os.kill(self.proc.pid, CODE_SIGNAL)
+        deadline = time.monotonic() + timeout
+        while not record.exists() and self.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def checkCode(self) -> dict[str, Any]:
+        """
+        After the server stopped: where the esmtpkit code it ran came from,
+        as the server wrote on request (L{recordCode}). Every
+        esmtpkit module, the twistd plugin, the module its service maker
+        names (esmtpkit.tap) and the handler's module must come from
+        C{spec.codeRoot}; else, or without a record from the process we
+        started, L{ScenarioFailure}.
+        """
+        root = self.spec.codeRoot
+        assert root is not None
+        path = self.scratch / "code" / f"{self.proc.pid}.json"
+        if not path.exists():
+            raise ScenarioFailure(
+                "code check: the server wrote no record of its modules"
+            )
+        record = json.loads(path.read_text())
+        package, plugins = root / "esmtpkit", root / "twisted" / "plugins"
+        wrong = []
+        makers = [m for m in record["makers"] if m["tapname"] == "esmtpkit"]
+        if not within(record["plugin"], plugins):
+            wrong.append(f"twistd plugin from {record['plugin']}")
+        if not makers or not all(within(m["file"], package) for m in makers):
+            wrong.append(f"the plugin's service maker module: {makers or 'none'}")
+        handler = record["handler"]
+        if handler is not None and not within(handler["file"], package):
+            wrong.append(f"handler {handler['name']} from {handler['file']}")
+        for name, paths in record["modules"].items():
+            where = plugins if name.startswith("twisted.") else package
+            if not within(paths, where):
+                wrong.append(f"{name} from {paths}")
+        if wrong:
+            raise ScenarioFailure(
+                f"code check: not from {root}: " + "; ".join(wrong[:5])
+            )
+
+        def rel(paths: list[str] | None) -> str:
+            return ", ".join(
+                str(Path(p).resolve().relative_to(root.resolve())) for p in paths or []
+            )
+
+        return {
+            "root": str(root),
+            "pid": record["pid"],
+            "plugin": rel(record["plugin"]),
+            "tap": {m["module"]: rel(m["file"]) for m in makers},
+            "handler": handler and {**handler, "file": rel(handler["file"])},
+            "modules": {n: rel(p) for n, p in record["modules"].items()},
+        }
 
     def problems(self) -> list[str]:
         """
@@ -736,6 +1017,7 @@ class Scenario:
     needsTLS: bool = False
     needsExtension: str | None = None  # EHLO keyword, else the server is n/a
     skip: Callable[[Profile], str | None] = lambda p: None  # why not run, if not
+    headline: str = ""  # the metric compared in "esmtpkit vs esmtpkit-base"
 
 
 @dataclass
@@ -992,18 +1274,21 @@ SCENARIOS = [
         "50 concurrent sessions, 1 KiB messages, kept-open connections",
         [Metric("msg_per_s", "msg/s", "higher"), PEAK],
         throughput("a_sessions", "a_messages", 1024, True, "msg_per_s"),
+        headline="msg_per_s",
     ),
     Scenario(
         "B",
         "one 1 KiB message per connection",
         [Metric("conn_per_s", "conn/s", "higher"), PEAK],
         throughput("b_sessions", "b_messages", 1024, False, "conn_per_s"),
+        headline="conn_per_s",
     ),
     Scenario(
         "C",
         "10 MiB messages, 4 sessions",
         [Metric("mib_per_s", "MiB/s", "higher", 1), PEAK],
         throughput("c_sessions", "c_messages", "c_size", True, "mib"),
+        headline="mib_per_s",
     ),
     Scenario(
         "D",
@@ -1015,6 +1300,7 @@ SCENARIOS = [
             Metric("mib_per_s", "MiB/s", "higher", 1),
         ],
         scenarioD,
+        headline="mib_per_s",
     ),
     Scenario(
         "E",
@@ -1025,6 +1311,7 @@ SCENARIOS = [
             Metric("probe_ms_max", "probe ms (max)", "lower", 1, ratio=False),
         ],
         scenarioE,
+        headline="kib_per_idle_conn",
     ),
     Scenario(
         "E2",
@@ -1036,6 +1323,7 @@ SCENARIOS = [
         ],
         scenarioE2,
         skip=skipE2,
+        headline="kib_per_idle_conn",
     ),
     Scenario(
         "F",
@@ -1044,6 +1332,7 @@ SCENARIOS = [
         "the 354)",
         [Metric("msg_per_s", "msg/s", "higher"), PEAK],
         pipelined("pipeline"),
+        headline="msg_per_s",
     ),
     Scenario(
         "F2",
@@ -1053,6 +1342,7 @@ SCENARIOS = [
         [Metric("msg_per_s", "msg/s", "higher"), PEAK],
         pipelined("bdat"),
         needsExtension="chunking",
+        headline="msg_per_s",
     ),
     Scenario(
         "G",
@@ -1061,6 +1351,7 @@ SCENARIOS = [
         scenarioG,
         needsTLS=True,
         needsExtension="starttls",
+        headline="msg_per_s",
     ),
     Scenario(
         "H",
@@ -1078,6 +1369,7 @@ SCENARIOS = [
             Metric("seconds", "seconds", "lower", 2),
         ],
         scenarioH,
+        headline="seconds",
     ),
 ]
 
@@ -1134,6 +1426,7 @@ def measure(
         return {"failure": f"server did not start: {e}"}
     record: dict[str, Any] = {
         "server_command": server.command,
+        "server_env": server.env,
         "scenario_args": extra,
         "port": server.port,
         "server_pid": server.proc.pid,
@@ -1155,8 +1448,16 @@ def measure(
                 str(e) if isinstance(e, ScenarioFailure) else f"{type(e).__name__}: {e}"
             )
         finally:
+            if spec.codeRoot is not None:
+                server.recordCode()  # after the load, outside its measurement
             record["exit_code"] = server.stop()
             record["server_problems"] = server.problems()
+            if spec.codeRoot is not None:
+                try:
+                    record["code"] = server.checkCode()
+                except ScenarioFailure as e:
+                    earlier = record.get("failure")
+                    record["failure"] = f"{earlier}; {e}" if earlier else str(e)
         if "failure" in record:
             return record
         if (
@@ -1289,6 +1590,33 @@ def table(
     return "\n".join(rows)
 
 
+def roundRatios(
+    runs: list[dict[str, Any]], metric: str, server: str, other: str
+) -> list[float]:
+    """
+    C{server}'s C{metric} over C{other}'s, for each round where both have a
+    good run.
+    """
+    out = []
+    for r in runs:
+        if r["server"] != server or metric not in r or "failure" in r:
+            continue
+        o = next(
+            (
+                x
+                for x in runs
+                if x["server"] == other
+                and x["round"] == r["round"]
+                and metric in x
+                and "failure" not in x
+            ),
+            None,
+        )
+        if o and o[metric]:
+            out.append(r[metric] / o[metric])
+    return out
+
+
 def targets(results: dict[str, Any], p: Profile) -> list[dict[str, Any]]:
     """
     The issue's targets, each from per-round ratios of the same run.
@@ -1296,25 +1624,9 @@ def targets(results: dict[str, Any], p: Profile) -> list[dict[str, Any]]:
     checks = []
 
     def perRound(key: str, metric: str, other: str) -> list[float]:
-        runs = results.get(key, {}).get("runs", [])
-        out = []
-        for r in runs:
-            if r["server"] != REFERENCE or metric not in r or "failure" in r:
-                continue
-            o = next(
-                (
-                    x
-                    for x in runs
-                    if x["server"] == other
-                    and x["round"] == r["round"]
-                    and metric in x
-                    and "failure" not in x
-                ),
-                None,
-            )
-            if o and o[metric]:
-                out.append(r[metric] / o[metric])
-        return out
+        return roundRatios(
+            results.get(key, {}).get("runs", []), metric, REFERENCE, other
+        )
 
     for key, metric in (("A", "msg_per_s"), ("B", "conn_per_s"), ("F", "msg_per_s")):
         for other, goal in (("twisted.mail", 1.3), ("aiosmtpd", 4.0)):
@@ -1374,6 +1686,184 @@ def targets(results: dict[str, Any], p: Profile) -> list[dict[str, Any]]:
             }
         )
     return checks
+
+
+PEER = "twisted.mail"  # esmtpkit and esmtpkit-base are compared by their ratios to it
+NO_LOSS = {"A": 0.03, "B": 0.03, "C": 0.03, "F": 0.03}  # largest loss allowed
+IDLE_KIB = 2.0  # E: most RSS per idle connection
+
+
+def codeSummary(
+    results: dict[str, Any], name: str, baseline: Baseline | None
+) -> dict[str, Any]:
+    """
+    What the code checks of C{name}'s runs found: how many passed, failed;
+    the plugin, tap, handler and esmtpkit modules its servers had loaded;
+    and which of those files differ between the baseline and the checkout.
+    """
+    runs = [r for s in results.values() for r in s["runs"] if r["server"] == name]
+    checked = [r["code"] for r in runs if "code" in r]
+    failed = [r["failure"] for r in runs if "code check" in r.get("failure", "")]
+    files = sorted({f for c in checked for f in c["modules"].values()})
+    return {
+        "runs": len([r for r in runs if "server_command" in r]),
+        "passed": len(checked),
+        "failed": failed,
+        "root": checked[0]["root"] if checked else None,
+        "plugin": sorted({c["plugin"] for c in checked}),
+        "tap": sorted({f"{m} from {f}" for c in checked for m, f in c["tap"].items()}),
+        "handler": sorted(
+            {
+                f"{c['handler']['name']} from {c['handler']['file']}"
+                for c in checked
+                if c["handler"]
+            }
+        ),
+        "files": files,
+        "differ": [f for f in files if baseline and f in baseline.changed],
+    }
+
+
+def comparison(
+    results: dict[str, Any], chosen: list[Scenario], baseline: Baseline
+) -> tuple[list[str], dict[str, Any]]:
+    """
+    The "esmtpkit vs esmtpkit-base" section: per scenario, each one's
+    per-round ratio to twisted.mail (median) and the change between them,
+    with the no-loss checks; and what the code checks found.
+    """
+    rows = []
+    for scenario in chosen:
+        metric = next(m for m in scenario.metrics if m.key == scenario.headline)
+        runs = results[scenario.key]["runs"]
+        summary = results[scenario.key].get("summary", {})
+        mine, base = (
+            summary.get(n, {}).get(metric.key, {}).get("median")
+            for n in (REFERENCE, BASE)
+        )
+        if mine is None and base is None:
+            continue
+        vsPeer = [
+            statistics.median(r) if r else None
+            for r in (
+                roundRatios(runs, metric.key, REFERENCE, PEER),
+                roundRatios(runs, metric.key, BASE, PEER),
+            )
+        ]
+        direct = roundRatios(runs, metric.key, REFERENCE, BASE)
+        change, basis = None, None
+        if vsPeer[0] and vsPeer[1]:
+            change, basis = vsPeer[0] / vsPeer[1] - 1, f"ratio to {PEER}"
+        elif mine is not None and base:
+            change, basis = mine / base - 1, "direct"
+        met = None
+        if scenario.key in NO_LOSS and change is not None:
+            met = change >= -NO_LOSS[scenario.key]
+        elif scenario.key == "E" and mine is not None:
+            met = mine <= IDLE_KIB
+        rows.append(
+            {
+                "scenario": scenario.key,
+                "metric": metric.key,
+                "better": metric.better,
+                REFERENCE: mine,
+                BASE: base,
+                f"{REFERENCE}_per_{PEER}": vsPeer[0],
+                f"{BASE}_per_{PEER}": vsPeer[1],
+                "change": change,
+                "change_of": basis,
+                f"{REFERENCE}_per_{BASE}": spread(direct) if direct else None,
+                "met": met,
+            }
+        )
+    code = {n: codeSummary(results, n, baseline) for n in (REFERENCE, BASE)}
+    b = code[BASE]
+
+    def num(value: float | None, digits: int) -> str:
+        return "–" if value is None else fmt(value, digits)
+
+    lines = [
+        f"### {REFERENCE} vs {BASE}",
+        "",
+        f"{BASE}: `{baseline.rev}` = {baseline.commit[:10]} “{baseline.subject}”, "
+        f"from `git archive` into {baseline.tree} (removed after the run), first "
+        "on the server's PYTHONPATH; otherwise the same command, options and "
+        f"pinning as {REFERENCE}.",
+        "",
+        "Code check: after each run's load, the server itself wrote (on the "
+        "signal bench/codecheck's sitecustomize waits for) which files its "
+        "esmtpkit modules, twistd plugin, esmtpkit.tap and handler came from:",
+        "",
+    ]
+    for name in (BASE, REFERENCE):
+        c = code[name]
+        verdict = (
+            f"{c['passed']} of {c['runs']} runs checked: all from {c['root']}"
+            if c["passed"]
+            else f"0 of {c['runs']} runs checked"
+        )
+        lines.append(
+            f"- {name}: {verdict}; plugin {', '.join(c['plugin']) or '–'}; "
+            f"{'; '.join(c['tap']) or '–'}; handler {'; '.join(c['handler']) or '–'}; "
+            f"{len(c['files'])} esmtpkit files"
+            + (f"; WRONG CODE: {'; '.join(c['failed'][:3])}" if c["failed"] else "")
+        )
+    differ = ", ".join(b["differ"][:12]) or "none (the same code)"
+    if len(b["differ"]) > 12:
+        differ += f" and {len(b['differ']) - 12} more"
+    lines.append(
+        f"- of the files {BASE} loaded, {len(b['differ'])} differ from the "
+        f"checkout's (or are not there): {differ}"
+    )
+    lines += [
+        "",
+        f"Medians over rounds of per-round ratios to {PEER}; change = "
+        f"{REFERENCE}'s ratio ÷ {BASE}'s − 1 (of the values themselves where "
+        f"{PEER} has none); {REFERENCE} ÷ base: per round, median (min–max), "
+        "a measure of the noise; check: A, B, C, F lose at most 3 %, E at most "
+        f"{IDLE_KIB:g} KiB per idle connection.",
+        "",
+        f"| | metric | {REFERENCE} | {BASE} | ÷ {PEER}: {REFERENCE} vs base "
+        f"| change | {REFERENCE} ÷ base | check |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        metric = next(
+            m
+            for s in chosen
+            if s.key == row["scenario"]
+            for m in s.metrics
+            if m.key == row["metric"]
+        )
+        arrow = "↑" if metric.better == "higher" else "↓"
+        mineR, baseR = row[f"{REFERENCE}_per_{PEER}"], row[f"{BASE}_per_{PEER}"]
+        ratios = (
+            f"{mineR:.2f}× vs {baseR:.2f}×"
+            if mineR is not None and baseR is not None
+            else "–"
+        )
+        change = row["change"]
+        changeText = (
+            "–" if change is None else f"{100 * change:+.1f} %".replace("-", "−")
+        )
+        if row["change_of"] == "direct":
+            changeText += " (direct)"
+        direct = row[f"{REFERENCE}_per_{BASE}"]
+        directText = "–"
+        if direct is not None:
+            directText = f"{direct['median']:.3f}"
+            if direct["n"] > 1:
+                directText += f" ({direct['min']:.3f}–{direct['max']:.3f})"
+        check = {None: "", True: "ok", False: "**NO**"}[row["met"]]
+        if row["scenario"] == "E" and row["met"] is not None:
+            check += f" (≤ {IDLE_KIB:g} KiB)"
+        lines.append(
+            f"| {row['scenario']} | {metric.label} {arrow} "
+            f"| {num(row[REFERENCE], metric.digits)} | {num(row[BASE], metric.digits)} "
+            f"| {ratios} | {changeText} "
+            f"| {directText} | {check} |"
+        )
+    return lines, {"rows": rows, "code": code}
 
 
 def chart(results: dict[str, Any], order: list[str], path: Path) -> None:
@@ -1499,25 +1989,39 @@ def machine() -> dict[str, Any]:
     }
 
 
-def commands(results: dict[str, Any], order: list[str]) -> list[str]:
+def commands(
+    results: dict[str, Any], order: list[str], baseline: Baseline | None = None
+) -> list[str]:
     """
     The exact command lines used: each server's (from its first run) and
-    each scenario's load (from its first run against esmtpkit).
+    each scenario's load (from its first run against esmtpkit), with the
+    environment variables set for the server.
     """
 
     def show(command: list[str], port: int) -> str:
         text = " ".join(command).replace(str(BIN) + "/", "bench/.venv/bin/")
+        if baseline is not None:
+            text = text.replace(str(baseline.tree), "BASE_TREE")
         text = text.replace(str(HERE) + "/", "bench/")
         text = re.sub(r"/tmp/esmtpkit-bench-\w+", "SCRATCH", text)
         return re.sub(rf"\b{port}\b", "PORT", text)
 
+    def withEnv(run: dict[str, Any]) -> list[str]:
+        env = [f"{k}={v}" for k, v in run.get("server_env", {}).items()]
+        return env + run["server_command"]
+
     runs = [r for s in results.values() for r in s["runs"] if "port" in r]
     lines = []
+    if baseline is not None:
+        lines.append(
+            f"# BASE_TREE: git archive of {baseline.commit[:10]} "
+            f"(--baseline {baseline.rev}), removed after the run"
+        )
     for name in order:
         mine = [r for r in runs if r["server"] == name]
         plain = next((r for r in mine if not r["scenario_args"]), None)
         if plain:
-            lines.append(f"# {name}: " + show(plain["server_command"], plain["port"]))
+            lines.append(f"# {name}: " + show(withEnv(plain), plain["port"]))
         for key, scenario in results.items():
             run = next(
                 (
@@ -1531,8 +2035,7 @@ def commands(results: dict[str, Any], order: list[str]) -> list[str]:
                 continue
             if plain is None:  # no run without extras: the whole command
                 lines.append(
-                    f"# {name}, scenario {key}: "
-                    + show(run["server_command"], run["port"])
+                    f"# {name}, scenario {key}: " + show(withEnv(run), run["port"])
                 )
             else:
                 extra = show(run["scenario_args"], run["port"])
@@ -1548,8 +2051,12 @@ def commands(results: dict[str, Any], order: list[str]) -> list[str]:
     return lines
 
 
-@contextlib.contextmanager
-def stopEverythingOnExit() -> Iterator[None]:
+def trapSignals() -> None:
+    """
+    SIGTERM, SIGHUP and SIGINT raise KeyboardInterrupt, so that every
+    server is stopped and every temporary tree removed on the way out.
+    """
+
     def terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
@@ -1557,6 +2064,11 @@ def stopEverythingOnExit() -> Iterator[None]:
     signal.signal(signal.SIGHUP, terminate)
     # Also when started from a shell that ignores SIGINT in background jobs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def stopEverythingOnExit() -> Iterator[None]:
+    trapSignals()
     try:
         yield
     finally:
@@ -1603,7 +2115,14 @@ def main() -> None:
         type=int,
         help="H: replies read per second after the pause [default: 200,000]",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help=f"also run {BASE}: esmtpkit at git revision REV (a copy of its "
+        "tree, removed after the run), with the same command, and compare",
+    )
     args = parser.parse_args()
+    trapSignals()
 
     profile = QUICK if args.quick else FULL
     if args.h_commands:
@@ -1634,7 +2153,21 @@ def main() -> None:
         )
 
     pin = pinning(not args.no_pin)
-    specs = servers(args.servers.split(",") if args.servers else None)
+    baseline = None
+    if args.baseline:
+        baseline = makeBaseline(args.baseline)
+        found = ", ".join(
+            f"{module} at {', '.join(files)}"
+            for module, files in baseline.probe["makers"].items()
+        )
+        print(
+            f"bench: {BASE} runs {baseline.commit[:10]} ({args.baseline}) "
+            f"from {baseline.tree}: the probe found the plugin "
+            f"{baseline.probe['plugin'][0]}, its module {found}, "
+            f"handler {baseline.handler}",
+            file=sys.stderr,
+        )
+    specs = servers(args.servers.split(",") if args.servers else None, baseline)
     order = [s.name for s in specs]
     keys = re.findall(r"[A-Z]\d*", args.scenarios.upper())
     unknownKeys = set(keys) - {s.key for s in SCENARIOS}
@@ -1653,10 +2186,17 @@ def main() -> None:
         "machine": machine(),
         "versions": versions(),
         "pinning": pin.note,
+        "baseline": (
+            {**asdict(baseline), "tree": str(baseline.tree)} if baseline else None
+        ),
         "reference": REFERENCE,
         "scenarios": results,
         "logs": str(logs),
     }
+    if baseline is not None:
+        report["versions"]["esmtpkit_base_git"] = (
+            f"{baseline.commit[:10]} (--baseline {baseline.rev})"
+        )
     print(
         f"bench: {len(specs)} servers × {len(chosen)} scenarios × "
         f"{profile.rounds} rounds; {pin.note}; logs in {logs}",
@@ -1739,10 +2279,13 @@ def main() -> None:
             for t in report["targets"]
         ]
         lines.append("")
+    if baseline is not None:
+        section, report["comparison"] = comparison(results, chosen, baseline)
+        lines += section + [""]
     if not any(s.name == "esmtpkit-2w" for s in specs) and "A" in keys:
         lines += ["A with 2 workers: n/a (esmtpkit has no --workers yet)", ""]
     lines += ["### Commands (PORT: a free loopback port per run)", "", "```"]
-    lines += commands(results, order)
+    lines += commands(results, order, baseline)
     lines += ["```", ""]
     problems = sorted(
         {
@@ -1775,3 +2318,5 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt:
         sys.exit("bench: interrupted; every server and client it started is stopped")
+    finally:
+        removeTemporary()  # the --baseline tree
