@@ -1,3 +1,4 @@
 """
-The conversation that knows no wire: handler and session, the hook runner, transaction rules, the content pipeline, and server events.
+The conversation that knows no wire: handler and session, the hook runner,
+transaction rules, the content pipeline, and server events.
 """

@@ -1,3 +1,4 @@
 """
-The server plumbing: the factory, the service, twistd options, worker processes, endpoints, timers and the reply writer.
+The server plumbing: the factory, the service, twistd options, worker
+processes, endpoints, timers and the reply writer.
 """
