@@ -22,11 +22,17 @@ from twisted.logger import ILogObserver, LogEvent
 from zope.interface import implementer
 
 from .reply import Reply
-from .server.factory import ESMTPFactory, HandlerFactory
+from .server.factory import ESMTPFactory, HandlerFactory, LMTPFactory
 from .settings import Settings
-from .smtp.protocol import ESMTPProtocol
+from .smtp.connection import SMTPConnection
 
-__all__ = ["SMTPTestConnection", "parseReplies", "LogCollector"]
+__all__ = [
+    "SMTPTestConnection",
+    "LMTPTestConnection",
+    "parseReplies",
+    "LogCollector",
+    "dotStuff",
+]
 
 
 def parseReplies(data: bytes) -> tuple[list[Reply], bytes]:
@@ -90,7 +96,7 @@ class SMTPTestConnection:
 
     @ivar clock: the L{Clock} behind timeouts; C{advance} it to test them.
     @ivar transport: the in-memory transport (C{value()} is all output).
-    @ivar protocol: the L{ESMTPProtocol}.
+    @ivar protocol: the L{ESMTPProtocol <esmtpkit.ESMTPProtocol>}.
     @ivar factory: the L{ESMTPFactory}.
     @ivar log: a L{LogCollector} with the connection's log events.
     @ivar greeting: the greeting reply, or L{None} if the greeting is not
@@ -101,6 +107,11 @@ class SMTPTestConnection:
     """
     The in-memory transport class (a subclass may give one that provides
     C{ITLSTransport}, to test STARTTLS).
+    """
+
+    factoryClass: type[ESMTPFactory] = ESMTPFactory
+    """
+    The factory of the server side (L{LMTPTestConnection} gives LMTP's).
     """
 
     def __init__(
@@ -115,7 +126,7 @@ class SMTPTestConnection:
         self.clock = clock or Clock()
         self.log = LogCollector()
         overrides.setdefault("hostname", "mx.example.test")
-        self.factory = ESMTPFactory(
+        self.factory = self.factoryClass(
             handlerFactory,
             settings,
             clock=self.clock,
@@ -126,7 +137,7 @@ class SMTPTestConnection:
         self.transport = self.transportFactory(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 25), peerAddress=peer
         )
-        self.protocol: ESMTPProtocol = self.factory.buildProtocol(peer)
+        self.protocol: SMTPConnection = self.factory.buildProtocol(peer)
         self.transport.protocol = self.protocol
         self._read = 0
         self.protocol.makeConnection(self.transport)
@@ -202,6 +213,35 @@ class SMTPTestConnection:
         """
         if self.transport.connected:
             self.transport.loseConnection()
+
+
+class LMTPTestConnection(SMTPTestConnection):
+    """
+    One LMTP connection to a handler, in memory: greet with C{LHLO}, and
+    L{sendMessage} gives one reply per accepted recipient.
+
+        conn = LMTPTestConnection(MyHandler)
+        conn.command("LHLO client.example")
+        conn.command("MAIL FROM:<a@example.org>")
+        conn.command("RCPT TO:<b@example.org>")
+        conn.command("RCPT TO:<c@example.org>")
+        replies = conn.sendMessage(b"Subject: hi\\r\\n\\r\\nHello\\r\\n")
+        assert [r.code for r in replies] == [250, 550]
+    """
+
+    factoryClass = LMTPFactory
+
+    def sendMessage(self, message: bytes) -> list[Reply]:  # type: ignore[override]
+        """
+        Send DATA, then C{message} dot-stuffed and terminated; return the
+        replies to the end of data, one per accepted recipient (or the one
+        reply refusing DATA).
+        """
+        reply = self.command("DATA")
+        if reply.code != 354:
+            return [reply]
+        self.send(dotStuff(message))
+        return self.replies()
 
 
 def dotStuff(message: bytes) -> bytes:

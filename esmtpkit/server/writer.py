@@ -1,129 +1,219 @@
 """
-L{ReplyWriter}: the output side of one connection, reply bytes in, socket or
-transport writes out.
+L{ReplyWriter}: the output side of one connection.
 
-The replies made while one read is handled are collected and written
-together. On a plain TCP connection they wait for the end of the reactor
-turn (L{OutputBatch}: all connections' replies go out one after another,
-which spares the clients a wake-up each), and are then offered to the
-socket directly: they almost always fit, and then the reactor does not have
-to watch the socket for writability and write on its next turn (two
-epoll_ctl calls and a loop iteration per reply, the largest cost of a short
-SMTP exchange). The first time the socket does not take all of it, the rest
-goes to the transport, and from then on everything does, so nothing is
-ever reordered. Any other transport (TLS, unix sockets, test transports) is
-written at the end of the read.
+The protocol hands the writer the bytes of its replies (formatted by
+L{Reply.toBytes <esmtpkit.reply.Reply.toBytes>}); the writer decides when
+and how they reach the client:
+
+  - While the connection handles a read (between L{ReplyWriter.hold} and
+    L{ReplyWriter.release}), the replies it makes are collected, and go out
+    together, in one write.
+
+  - On a plain TCP connection they wait for the end of the reactor turn,
+    with the replies of every other connection (L{OutputBatch}), and are
+    then offered to the socket directly. A short reply almost always fits
+    in the socket's buffer; written there, it spares the reactor watching
+    the socket for writability and writing it on a later turn (two
+    C{epoll_ctl} calls and a loop iteration per reply, the largest cost of
+    a short SMTP exchange).
+
+  - The first time the socket does not take everything (a short send,
+    C{EAGAIN}, any other error), the rest goes to the transport, and so
+    does every later write: the transport's buffer is then the only queue,
+    and nothing is ever reordered. On any other transport (TLS, in-memory),
+    everything goes to the transport, at release.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet import tcp
+from twisted.internet.interfaces import ISSLTransport, ITransport
 
-from .output import OutputBatch
+if TYPE_CHECKING:
+    from .output import OutputBatch
 
-__all__ = ["ReplyWriter", "directSocket"]
+__all__ = ["ReplyWriter", "SocketLike", "directSocket"]
 
 
-def directSocket(transport: Any) -> Any:
+class SocketLike(Protocol):
     """
-    The socket of C{transport} if replies may be offered to it directly (a
-    plain TCP connection), else L{None}.
+    What the writer needs of a socket: a non-blocking C{send}.
     """
-    if isinstance(transport, tcp.Connection):
-        return transport.getHandle()
+
+    def send(self, data: bytes, /) -> int:
+        """
+        Send what fits of C{data} now; return how many bytes were taken.
+
+        @raise OSError: nothing could be sent (C{BlockingIOError} when the
+            buffer is full, or the connection is broken).
+        """
+
+
+def directSocket(transport: object) -> SocketLike | None:
+    """
+    The socket a L{ReplyWriter} may write to directly for C{transport}: the
+    one of a plain (not TLS) L{twisted.internet.tcp.Connection}, else
+    L{None}.
+    """
+    if isinstance(transport, tcp.Connection) and not ISSLTransport.providedBy(
+        transport
+    ):
+        sock: SocketLike = transport.getHandle()
+        return sock
     return None
+
+
+class _Gone:
+    """
+    The transport of a discarded writer: writes go nowhere.
+    """
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+_GONE = _Gone()
 
 
 class ReplyWriter:
     """
-    Writes one connection's replies, in order.
+    The output side of one connection: reply bytes in, socket/transport
+    writes out.
+
+    States, all in C{_outgoing}: L{None} when idle; a list of bytes while
+    collecting, that is while someone holds the writer (L{hold}) or, after
+    L{release}, while it waits in the L{OutputBatch} (the batch's L{flush}
+    is then the release). C{_socket} and C{_batch} are both set (the direct
+    path) or both L{None}.
+
+    Usage, for each read::
+
+        if writer.hold():
+            try:
+                handle(data)  # calls writer.write(...)
+            finally:
+                writer.release()
+        else:
+            handle(data)  # an outer hold, or the batch, writes these
     """
 
-    __slots__ = ("_transport", "_batch", "_socket", "_pending")
+    # An idle connection keeps its writer: four slots, no __dict__.
+    __slots__ = ("_transport", "_socket", "_batch", "_outgoing")
 
     def __init__(
-        self, transport: Any, batch: OutputBatch | None, socket: Any = None
+        self,
+        transport: ITransport,
+        batch: OutputBatch | None,
+        sock: SocketLike | None = None,
     ) -> None:
         """
-        @param batch: the batch of the reactor turn; without one, or without
-            a socket, output is written when the read is handled.
-        @param socket: the socket to offer output to first; by default that
-            of C{transport} when it is a plain TCP connection.
+        @param transport: where the bytes go, unless the socket takes them.
+        @param batch: the end-of-turn batch; without it there is no direct
+            path, and every release writes at once.
+        @param sock: the socket to write to directly, for a transport whose
+            socket L{directSocket} does not find (tests give a fake one:
+            the transport must then have the batch's C{reactor} attribute,
+            as a L{tcp.Connection} has). By default, C{directSocket
+            (transport)}. Ignored without C{batch}.
         """
+        if batch is not None and sock is None:
+            sock = directSocket(transport)
         self._transport = transport
-        self._batch = batch
-        if batch is not None and socket is None:
-            socket = directSocket(transport)
-        self._socket = socket if batch is not None else None
-        # None: not collecting; a list: output collected so far.
-        self._pending: list[bytes] | None = None
+        if batch is None or sock is None:
+            self._socket: SocketLike | None = None
+            self._batch: OutputBatch | None = None
+        else:
+            self._socket = sock
+            self._batch = batch
+        self._outgoing: list[bytes] | None = None
+
+    @property
+    def direct(self) -> bool:
+        """
+        Whether the next write may still go to the socket directly.
+        """
+        return self._socket is not None
 
     def hold(self) -> bool:
         """
-        Start collecting (the connection handles a read). Returns L{False}
-        when already collecting: then the outer call releases.
+        Start collecting: the connection is handling a read, and every reply
+        it makes meanwhile goes out together, at L{release}.
+
+        @return: L{False} if bytes are being collected already (an outer
+            hold, or they wait for the end of the turn): whoever collects
+            them writes these too, and the caller must not call L{release}.
         """
-        if self._pending is not None:
+        if self._outgoing is not None:
             return False
-        self._pending = []
+        self._outgoing = []
         return True
 
     def release(self) -> None:
         """
-        Stop collecting: what was collected goes out at the end of the
-        reactor turn (direct socket path) or now.
+        Stop collecting (after a L{hold} that returned L{True}): on the
+        direct path, the bytes collected go out at the end of this reactor
+        turn, with other connections' (more may join them until then);
+        otherwise, now.
         """
-        if self._pending and self._socket is not None:
-            self._batch.add(self, self._transport.reactor)  # type: ignore[union-attr]
-            return
-        self.flush()
+        batch = self._batch
+        if batch is not None and self._outgoing:
+            batch.add(self, self._transport.reactor)  # type: ignore[attr-defined]
+        else:
+            self.flush()
 
     def write(self, data: bytes) -> None:
         """
-        Bytes of a reply, after those already waiting.
+        Write the bytes of a reply, after those already waiting: collected if
+        the writer is held (or waiting for the end of the turn); otherwise
+        as a L{hold}, write, L{release}.
         """
-        if self._pending is not None:
-            self._pending.append(data)
+        outgoing = self._outgoing
+        if outgoing is not None:
+            outgoing.append(data)
         else:
-            self._pending = [data]
+            self._outgoing = [data]
             self.release()
 
     def flush(self) -> None:
         """
-        Write everything collected, now.
+        Write everything collected, now, and stop collecting (the end of the
+        turn; STARTTLS, before the handshake; closing). On the direct path
+        the socket is offered all of it; what it does not take goes to the
+        transport, and from then on everything does.
         """
-        pending, self._pending = self._pending, None
-        if pending:
-            self._send(pending[0] if len(pending) == 1 else b"".join(pending))
-
-    def stopDirect(self) -> None:
-        """
-        Write what waits, then never offer output to the socket again
-        (after STARTTLS everything goes through TLS).
-        """
-        self.flush()
-        self._socket = None
-
-    def discard(self) -> None:
-        """
-        The connection is gone: drop what waits, and never write again.
-        """
-        self._pending = None
-        self._socket = None
-        self._transport = None
-
-    def _send(self, data: bytes) -> None:
+        outgoing, self._outgoing = self._outgoing, None
+        if not outgoing:
+            return
+        data = outgoing[0] if len(outgoing) == 1 else b"".join(outgoing)
         sock = self._socket
         if sock is not None:
             try:
                 sent = sock.send(data)
-            except OSError:
+            except OSError:  # EAGAIN, or broken: the transport will see
                 sent = 0
             if sent == len(data):
                 return
-            self._socket = None
+            self._socket = self._batch = None
             data = data[sent:]
-        if self._transport is not None:
-            self._transport.write(data)
+        self._transport.write(data)
+
+    def stopDirect(self) -> None:
+        """
+        Flush, then never use the socket directly again (STARTTLS: what
+        follows goes through TLS, that is through the transport).
+        """
+        self.flush()
+        self._socket = self._batch = None
+
+    def discard(self) -> None:
+        """
+        The connection is gone: drop what waits, and ignore every later
+        write (a batch still holding the writer flushes nothing).
+        """
+        self._outgoing = None
+        self._socket = self._batch = None
+        self._transport = _GONE  # type: ignore[assignment]

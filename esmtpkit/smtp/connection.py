@@ -439,6 +439,7 @@ class SMTPConnection(PushbackLineReceiver):
     def lineLengthExceeded(self, line: bytes) -> None:
         reader = self._reader
         if reader is None or not reader.lineTooLong():
+            self.limitReached("line-length", "sent a line that is too long")
             self._reader = _LineSkipper(self, reader)
             self.setRawMode()
         self.pushBack(line)
