@@ -433,7 +433,7 @@ class SMTPCollapseTests(SynchronousTestCase):
         self.assertIs(MessageResult([ok, perm]).single(), perm)
         self.assertEqual(MessageResult([ok, perm]).outcome, "partial")
         self.assertEqual(MessageResult([temp, perm]).outcome, "refused")
-        self.assertEqual(MessageResult.whole(perm, 3).replies, (perm,) * 3)
+        self.assertEqual(MessageResult.forAll(perm, 3).replies, (perm,) * 3)
 
     def test_badArguments(self) -> None:
         """

@@ -18,6 +18,7 @@ is still read).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.python.failure import Failure
@@ -293,18 +294,22 @@ class Content:
         is asked (unless the message was refused) and C{then} gets the
         reply for each recipient.
         """
-        hooks = self._conversation.hooks
+        conversation = self._conversation
+        if not self.inHeaders or self.failure is not None:
+            conversation.hooks.later(partial(conversation.endMessage, self, then))
+            return
 
         def end() -> None:
-            if self.inHeaders and self.failure is None:
-                if self._partial:
-                    line, self._partial = self._partial, b""
-                    self.headerLine(line, b"")
-                if self.inHeaders:
-                    self.endHeaders()
-            hooks.later(lambda: self._conversation.endMessage(self, then))
+            # The content ended inside the header section: its last field,
+            # then EOH, come before EOM.
+            if self._partial:
+                line, self._partial = self._partial, b""
+                self.headerLine(line, b"")
+            if self.inHeaders:
+                self.endHeaders()
+            conversation.hooks.later(partial(conversation.endMessage, self, then))
 
-        hooks.later(end)
+        conversation.hooks.later(end)
 
     def _contentHook(self, name: str, args: tuple[Any, ...]) -> None:
         """

@@ -181,15 +181,9 @@ class Conversation:
     def data(self, then: Then) -> None:
         """
         Ask DATA whether the message may come: 354 lets it in (the face
-        then reads it into L{content}).
+        then reads it into a L{Content} of this conversation).
         """
         self.hooks.run(self.hooks.callReply, "DATA", (), then)
-
-    def content(self) -> Content:
-        """
-        The content pipeline for the message of the open transaction.
-        """
-        return Content(self)
 
     def command(self, hook: str, args: tuple[Any, ...], then: Then) -> None:
         """
@@ -236,33 +230,37 @@ class Conversation:
         transaction = content.transaction
         transaction.size = content.size
         if content.failure is not None:
-            then(MessageResult.whole(content.failure, content.recipients))
+            then(MessageResult.forAll(content.failure, content.recipients))
             return
 
         def answered(value: Reply | PerRecipient) -> None:
-            result = self._result(transaction, value)
-            if result.outcome != "refused":
+            if type(value) is PerRecipient:
+                result = self._perRecipient(transaction, value)
+                outcome = result.outcome
+            else:
+                count = len(transaction.recipients)
+                result = MessageResult((value,) * (count or 1), value)
+                outcome = "accepted" if value.code // 100 == 2 else "refused"
+            if outcome != "refused":
                 session.messages += 1
             session.transaction = None
             if self.events.transactionEnded:
                 for notify in self.events.transactionEnded:
-                    notify(session, transaction, result.outcome, result.replies)
+                    notify(session, transaction, outcome, result.replies)
             then(result)
 
         self.hooks.callReply("EOM", (), answered)  # type: ignore[arg-type]
 
-    def _result(
-        self, transaction: Transaction, value: Reply | PerRecipient
+    def _perRecipient(
+        self, transaction: Transaction, value: PerRecipient
     ) -> MessageResult:
         recipients = transaction.recipients
-        if type(value) is not PerRecipient:
-            return MessageResult.whole(value, len(recipients))
         hooks = self.hooks
         try:
             values = value.forRecipients(recipients)
         except ValueError:
             reply = hooks.failureReply("EOM", Failure())
-            return MessageResult.whole(reply, len(recipients))
+            return MessageResult.forAll(reply, len(recipients))
         return MessageResult([hooks.toReply("EOM", (), v) for v in values])
 
     # -- the end of the connection ------------------------------------------

@@ -80,19 +80,25 @@ class MessageResult:
     message refused as a whole has the same reply for each).
 
     @ivar replies: the replies, in RCPT order.
+    @ivar whole: the one reply they all are, when the message was answered
+        as a whole; else L{None}.
     """
 
-    __slots__ = ("replies",)
+    __slots__ = ("replies", "whole")
 
-    def __init__(self, replies: Sequence[Reply]) -> None:
-        self.replies = tuple(replies)
+    def __init__(self, replies: Sequence[Reply], whole: Reply | None = None) -> None:
+        """
+        @param whole: the reply that C{replies} all are, if they are one.
+        """
+        self.replies = replies if type(replies) is tuple else tuple(replies)
+        self.whole = whole
 
     @classmethod
-    def whole(cls, reply: Reply, recipients: int) -> MessageResult:
+    def forAll(cls, reply: Reply, recipients: int) -> MessageResult:
         """
         The same C{reply} for each of C{recipients} (at least one).
         """
-        return cls((reply,) * max(recipients, 1))
+        return cls((reply,) * (recipients if recipients > 1 else 1), reply)
 
     @property
     def outcome(self) -> str:
@@ -100,6 +106,9 @@ class MessageResult:
         C{"accepted"}, C{"partial"} or C{"refused"} (see
         L{esmtpkit.core.events.OUTCOMES}).
         """
+        whole = self.whole
+        if whole is not None:
+            return "accepted" if whole.code // 100 == 2 else "refused"
         accepted = sum(1 for reply in self.replies if reply.code // 100 == 2)
         if accepted == len(self.replies):
             return "accepted"
@@ -109,6 +118,8 @@ class MessageResult:
         """
         The one reply SMTP gives (see the module's docstring for the rule).
         """
+        if self.whole is not None:
+            return self.whole
         replies = self.replies
         if len(replies) == 1:
             return replies[0]

@@ -567,8 +567,11 @@ class SMTPConnection(PushbackLineReceiver):
         The end of a message was answered: SMTP sends one reply (see
         L{MessageResult.single}).
         """
-        self._endMessage()
-        self.writeReply(result.single())
+        self._message = None
+        if self._deadline is not None:
+            self._deadline.stop()
+        whole = result.whole
+        self.writeReply(whole if whole is not None else result.single())
 
     def chunkAnswered(self, reply: Reply) -> None:
         """

@@ -36,7 +36,7 @@ class DataReader:
     @ivar content: the message's content pipeline.
     """
 
-    __slots__ = ("_wire", "content", "_scanner", "_lineStartCRLF")
+    __slots__ = ("_wire", "content", "_scanner", "_lineStartCRLF", "_deadline")
 
     chunking = False
 
@@ -46,7 +46,8 @@ class DataReader:
         self._scanner: BodyScanner | None = None  # made when the body starts
         self._lineStartCRLF = True
         wire.MAX_LENGTH = wire.settings.maxHeaderSize
-        wire.requestDeadline().start()
+        self._deadline = deadline = wire.requestDeadline()
+        deadline.start()
         if "HEADER" in wire.conversation.skippable:
             # The first read may hold the whole header section: see
             # rawDataReceived.
@@ -63,7 +64,7 @@ class DataReader:
         atLineStart = self._lineStartCRLF
         bare = wire.bareLineEnding
         self._lineStartCRLF = not bare
-        wire.requestDeadline().extend(len(line) + 2)
+        self._deadline.extend(len(line) + 2)
         if atLineStart and line[:1] == b".":
             if line == b"." and not bare:
                 self._end()
@@ -134,7 +135,7 @@ class DataReader:
                 and not hasBareLineEnding(section)
                 and self.content.headerSection(section)
             ):
-                wire.requestDeadline().extend(len(section))
+                self._deadline.extend(len(section))
                 self._startBody()
                 wire.pushBack(data[len(section) :])
                 return
@@ -145,7 +146,7 @@ class DataReader:
         Raw bytes of the body as they were read.
         """
         wire = self._wire
-        wire.requestDeadline().extend(len(data))
+        self._deadline.extend(len(data))
         assert self._scanner is not None
         pieces, leftover = self._scanner.feed(data)
         body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
@@ -284,7 +285,7 @@ class ChunkReader:
         assert content is not None
         wire = self._wire
         if content.failure is not None:
-            wire.messageDone(MessageResult((content.failure,)))
+            wire.messageDone(MessageResult((content.failure,), content.failure))
             return
         wire.chunkAnswered(
             Reply(250, f"{self._size} octets received", enhanced="2.0.0")

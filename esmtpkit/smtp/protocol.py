@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet.interfaces import IHandshakeListener
 from zope.interface import implementer
 
+from ..core.content import Content
 from ..reply import Reply, ReplyError, formatLines
 from ..session import Params
 from .command import checkMailbox, parseParams, parsePath
@@ -259,9 +260,7 @@ class ESMTPProtocol(SMTPConnection):
 
     def _dataAnswered(self, reply: Reply) -> None:
         if reply.code // 100 == 3:
-            reader = DataReader(self, self.conversation.content())
-            self._message = reader
-            self.readWith(reader, raw=False)
+            self._message = self._reader = DataReader(self, Content(self.conversation))
         self.writeReply(reply)
 
     def do_BDAT(self, arg: str) -> None:
@@ -293,7 +292,7 @@ class ESMTPProtocol(SMTPConnection):
             # The first chunk opens the message through the DATA hook, which
             # must let it in (354) as for DATA.
             if reply.code // 100 == 3:
-                reader = self._message = ChunkReader(self, self.conversation.content())
+                reader = self._message = ChunkReader(self, Content(self.conversation))
                 reader.read(size, last, None)
             else:
                 ChunkReader(self, None).read(size, last, reply)
