@@ -1,7 +1,10 @@
 """
-Endpoint descriptions for esmtpkit listeners: Twisted's strports, with two
-additions.
+Endpoint descriptions for esmtpkit listeners: Twisted's strports, with
+three additions.
 
+  - C{lmtp:...} serves LMTP (RFC 2033) instead of SMTP on the endpoint
+    that follows (C{lmtp:unix:/run/esmtpkit/lmtp.sock},
+    C{lmtp:tcp:2424:interface=127.0.0.1}); see L{splitWire}.
   - C{ssl:PORT} without C{privateKey=} is implicit TLS (RFC 8314) with the
     server's own certificate files (C{--tls-cert}/C{--tls-key}), which
     SIGHUP reloads like those of STARTTLS.
@@ -33,6 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 __all__ = [
+    "splitWire",
     "ProxyHeaderFirstEndpoint",
     "ImplicitTLSEndpoint",
     "serverFromDescription",
@@ -44,6 +48,16 @@ HEADER_TIMEOUT = 5.0
 Seconds a connection may take to send its PROXY header (as Postfix's
 smtpd_upstream_proxy_timeout).
 """
+
+
+def splitWire(description: str) -> tuple[str, str]:
+    """
+    The wire a port description asks for, C{"lmtp"} with an C{lmtp:}
+    prefix or C{"smtp"}, and the endpoint description without the prefix.
+    """
+    if description.startswith("lmtp:"):
+        return "lmtp", description[len("lmtp:") :]
+    return "smtp", description
 
 
 class _Collect:

@@ -16,8 +16,8 @@ from twisted.logger import Logger
 
 from ..security.tls import ServerTLS
 from ..settings import Settings
-from .endpoints import serverFromDescription
-from .factory import ESMTPFactory, HandlerFactory
+from .endpoints import serverFromDescription, splitWire
+from .factory import ESMTPFactory, HandlerFactory, LMTPFactory
 from .workers import AdoptedPortService, ParentWatchService
 
 __all__ = ["ESMTPService", "DEFAULT_PORT"]
@@ -39,7 +39,9 @@ class ESMTPService(MultiService):
         ESMTPService(MyHandler, ["tcp:2525"], hostname="mx.example.org"
                      ).setServiceParent(application)
 
-    @ivar factory: the L{ESMTPFactory} shared by all endpoints.
+    @ivar factory: the L{ESMTPFactory} shared by all SMTP endpoints.
+    @ivar lmtpFactory: the L{LMTPFactory} of the C{lmtp:} endpoints (with
+        the same settings and observers), or L{None} if there are none.
     """
 
     def __init__(
@@ -61,7 +63,9 @@ class ESMTPService(MultiService):
         @param ports: endpoint descriptions (C{tcp:25}, C{ssl:465},
             C{unix:/path}, C{haproxy:tcp:2525}, ...); C{ssl:} without
             C{privateKey=} uses C{tls}; behind C{haproxy:} the session starts
-            once the PROXY header has been read, with the client's address.
+            once the PROXY header has been read, with the client's address;
+            C{lmtp:} before any of them serves LMTP there instead of SMTP
+            (C{lmtp:unix:/run/lmtp.sock}).
         @param settings: L{Settings}; keyword C{overrides} replace fields.
         @param reactor: the reactor to listen with; the global one by default.
         @param tls: certificates for STARTTLS and implicit TLS.
@@ -81,6 +85,19 @@ class ESMTPService(MultiService):
         self.factory = ESMTPFactory(
             handlerFactory, settings, clock=reactor, tls=tls, portal=portal, **overrides
         )
+        self.lmtpFactory: LMTPFactory | None = None
+        wires = [splitWire(d)[0] for d in ports] + [
+            splitWire(d)[0] for _, d in inherited
+        ]
+        if "lmtp" in wires:
+            self.lmtpFactory = LMTPFactory(
+                handlerFactory,
+                self.factory.settings,
+                clock=reactor,
+                tls=tls,
+                portal=portal,
+                events=self.factory.events,
+            )
         self._reloadOnSIGHUP = (
             reloadOnSIGHUP
             if reloadOnSIGHUP is not None
@@ -89,14 +106,27 @@ class ESMTPService(MultiService):
         )
         self._previousHandler: Any = None
         for description in ports:
-            endpoint = serverFromDescription(reactor, description, tls)
-            StreamServerEndpointService(endpoint, self.factory).setServiceParent(self)
+            wire, rest = splitWire(description)
+            endpoint = serverFromDescription(reactor, rest, tls)
+            StreamServerEndpointService(
+                endpoint, self._factoryFor(wire)
+            ).setServiceParent(self)
         for fd, description in inherited:
             AdoptedPortService(
-                fd, description, self.factory, tls, reactor
+                fd,
+                description,
+                self._factoryFor(splitWire(description)[0]),
+                tls,
+                reactor,
             ).setServiceParent(self)
         if inherited:
             ParentWatchService(reactor).setServiceParent(self)
+
+    def _factoryFor(self, wire: str) -> ESMTPFactory:
+        if wire == "lmtp":
+            assert self.lmtpFactory is not None
+            return self.lmtpFactory
+        return self.factory
 
     def reload(self) -> None:
         """

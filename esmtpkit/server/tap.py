@@ -361,7 +361,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         pairs, rest = getopt.getopt(self._arguments, self.shortOpt, self.longOpt)
         arguments = []
         for option, value in pairs:
-            if option in ("--workers", "--port", "-p", "--inherited-port"):
+            if option in ("--workers", "--port", "-p", "--lmtp", "--inherited-port"):
                 continue
             if option.startswith("--"):
                 takesValue = option[2:] + "=" in self.longOpt
@@ -381,6 +381,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     )
 
     opt_p = opt_port
+
+    def opt_lmtp(self, description: str) -> None:
+        self["ports"].append("lmtp:" + description)
+
+    opt_lmtp.__doc__ = (
+        "Endpoint to serve LMTP (RFC 2033) on instead of SMTP, repeatable: "
+        "the same as --port lmtp:DESC (unix:/path, tcp:PORT:interface=...). "
+        "Without --port, no SMTP listener is opened."
+    )
 
     def opt_disable_extension(self, keyword: str) -> None:
         name = keyword.upper()
@@ -513,17 +522,18 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def _checkPorts(self) -> None:
         from twisted.internet import reactor
 
-        from .endpoints import serverFromDescription, wrapFactory
+        from .endpoints import serverFromDescription, splitWire, wrapFactory
 
         for description in self["ports"]:
+            endpoint = splitWire(description)[1]
             try:
                 if self["workers"] > 1:
                     serverFromDescription(
-                        reactor, listeningDescription(description), self["tls"]
+                        reactor, listeningDescription(endpoint), self["tls"]
                     )
-                    wrapFactory(description, object(), self["tls"])
+                    wrapFactory(endpoint, object(), self["tls"])
                 else:
-                    serverFromDescription(reactor, description, self["tls"])
+                    serverFromDescription(reactor, endpoint, self["tls"])
             except Exception as e:
                 raise usage.UsageError(
                     f"--port {description}: {type(e).__name__}: {e}"

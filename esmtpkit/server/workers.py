@@ -55,8 +55,8 @@ def listeningDescription(description: str) -> str:
     @raise ValueError: an C{ssl:} description with its own key (workers
         take TLS from C{--tls-cert}/C{--tls-key}).
     """
-    if description.startswith("haproxy:"):
-        return listeningDescription(description[len("haproxy:") :])
+    if description.startswith(("haproxy:", "lmtp:")):
+        return listeningDescription(description.partition(":")[2])
     if description.startswith("ssl:"):
         if "privateKey=" in description or "certKey=" in description:
             raise ValueError(
@@ -276,12 +276,12 @@ class AdoptedPortService(Service):
 
     def startService(self) -> None:
         super().startService()
-        from .endpoints import wrapFactory
+        from .endpoints import splitWire, wrapFactory
 
         probe = socket.socket(fileno=os.dup(self.fd))
         family = probe.family
         probe.close()
-        factory = wrapFactory(self.description, self.factory, self.tls)
+        factory = wrapFactory(splitWire(self.description)[1], self.factory, self.tls)
         self.port = self._reactor.adoptStreamPort(self.fd, family, factory)
         os.close(self.fd)  # adoptStreamPort made its own copy
 
