@@ -5,15 +5,13 @@ and the protections that do not depend on any command.
 
 Input goes to whichever reader is set (message content after DATA or BDAT,
 a SASL exchange, the rest of an over-long line) and otherwise to
-L{SMTPConnection._commandLine}, which finds the C{do_VERB} method of the
-command (subclasses add them; a verb without one goes to the UNKNOWN hook).
-Replies go out through the connection's reply writer.
+C{_commandLine}, which L{ESMTPProtocol <esmtpkit.ESMTPProtocol>} gives
+SMTP's commands. Replies go out through the connection's reply writer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import connectionDone
@@ -23,9 +21,9 @@ from ..core.conversation import Conversation
 from ..reply import Reply
 from ..server.writer import ReplyWriter
 from ..session import Session
-from .command import splitCommand
 from .deadline import RequestDeadline
 from .lines import PushbackLineReceiver
+from .reader import LineSkipper, Reader
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -33,7 +31,7 @@ if TYPE_CHECKING:
     from ..core.results import MessageResult
     from ..server.context import ServerContext
 
-__all__ = ["SMTPConnection", "Reader", "HELD_INPUT", "GREETING", "COMMAND", "REFUSED"]
+__all__ = ["SMTPConnection", "HELD_INPUT", "GREETING", "COMMAND", "REFUSED"]
 
 # The phases of a connection (SMTPConnection._state); what input means
 # within a phase is the reader's business.
@@ -52,71 +50,8 @@ Unprocessed input held while paused, in bytes, beyond which the transport
 stops reading.
 """
 
-_NO_SERVICE = Reply(503, "Error: no service on this connection", enhanced="5.5.1")
 _LINE_TOO_LONG = Reply(500, "Line too long", enhanced="5.5.6")
-_BARE_LF = Reply(500, "Bare LF in command; lines must end with CRLF", enhanced="5.5.2")
-_BARE_CR = Reply(500, "Bare CR in command", enhanced="5.5.2")
 _SYNC = Reply(554, "Error: SMTP protocol synchronization", enhanced="5.5.0")
-
-
-class Reader(Protocol):
-    """
-    What reads input instead of the command parser for a while.
-    """
-
-    def lineReceived(self, line: bytes) -> None:
-        """
-        A line (in line mode), without its line ending.
-        """
-
-    def rawDataReceived(self, data: bytes) -> None:
-        """
-        Bytes (in raw mode).
-        """
-
-    def lineTooLong(self) -> bool:
-        """
-        The line being read is longer than C{MAX_LENGTH}; return whether the
-        reader dealt with it (else the rest of the line is skipped and
-        answered with 500 5.5.6).
-        """
-
-
-class _LineSkipper:
-    """
-    Throws away the rest of an over-long line, then answers it.
-    """
-
-    __slots__ = ("_wire", "_resume", "_heldCR")
-
-    def __init__(self, wire: SMTPConnection, resume: Reader | None) -> None:
-        self._wire = wire
-        self._resume = resume
-        self._heldCR = False
-
-    def lineReceived(self, line: bytes) -> None:
-        raise AssertionError("an over-long line is skipped raw")
-
-    def lineTooLong(self) -> bool:
-        return True
-
-    def rawDataReceived(self, data: bytes) -> None:
-        buf = b"\r" + data if self._heldCR else data
-        end = buf.find(b"\n")
-        if end < 0:
-            self._heldCR = buf.endswith(b"\r")
-            return
-        wire = self._wire
-        wire._reader = self._resume
-        wire.setLineMode(buf[end + 1 :])
-        wire.writeReply(_LINE_TOO_LONG)
-
-
-def _verbTable(cls: type) -> dict[str, Callable[[Any, str], None]]:
-    """
-    The C{do_VERB} methods of a protocol class, by verb.
-    """
-    return {name[3:]: getattr(cls, name) for name in dir(cls) if name.startswith("do_")}
 
 
 class SMTPConnection(PushbackLineReceiver):
@@ -166,13 +101,6 @@ class SMTPConnection(PushbackLineReceiver):
         "_transportPaused",
         "idleSince",
     )
-
-    _verbs: ClassVar[dict[str, Callable[[Any, str], None]]] = {}
-    """The C{do_VERB} methods, by verb; a subclass gets its own."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._verbs = _verbTable(cls)
 
     def __init__(self, server: ServerContext) -> None:
         """
@@ -440,7 +368,7 @@ class SMTPConnection(PushbackLineReceiver):
         reader = self._reader
         if reader is None or not reader.lineTooLong():
             self.limitReached("line-length", "sent a line that is too long")
-            self._reader = _LineSkipper(self, reader)
+            self._reader = LineSkipper(self, reader, _LINE_TOO_LONG)
             self.setRawMode()
         self.pushBack(line)
         self.conversation.hooks.drive()
@@ -502,34 +430,13 @@ class SMTPConnection(PushbackLineReceiver):
         )
 
     def _commandLine(self, line: bytes) -> None:
-        if b"\r" in line:
-            self.writeReply(_BARE_CR)
-            return
-        if self.bareLineEnding and self.settings.bareLineEndings == "reject":
-            self.writeReply(_BARE_LF)
-            return
-        verb, arg = splitCommand(line)
-        self.verb = verb or "UNKNOWN"
-        if self.moreInput and self.settings.enforceSync and not self.mayPipeline(verb):
-            self.violation(f"input pipelined after {self.verb}")
-            return
-        if self._state == REFUSED and verb != "QUIT":
-            self.writeReply(_NO_SERVICE)
-            return
-        method = self._verbs.get(verb)
-        if method is None:
-            text = line.decode("utf-8", "surrogateescape")
-            self.conversation.command("UNKNOWN", (text,), self.writeReply)
-        else:
-            method(self, arg)
-
-    def mayPipeline(self, verb: str) -> bool:
         """
-        Whether the client may send more before the reply to C{verb} (RFC
-        2920 section 3.1); without PIPELINING, only the content of BDAT and
-        whatever follows QUIT.
+        A command line: this class knows no command, so every line goes to
+        the UNKNOWN hook (L{ESMTPProtocol <esmtpkit.ESMTPProtocol>} knows
+        SMTP's).
         """
-        return verb in ("BDAT", "QUIT")
+        text = line.decode("utf-8", "surrogateescape")
+        self.conversation.command("UNKNOWN", (text,), self.writeReply)
 
     # -- replies ----------------------------------------------------------
 

@@ -12,7 +12,8 @@ methods and EHLO keywords by extending L{ESMTPProtocol.extensions}.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from twisted.internet.interfaces import IHandshakeListener
 from zope.interface import implementer
@@ -20,8 +21,8 @@ from zope.interface import implementer
 from ..core.content import Content
 from ..reply import Reply, ReplyError, formatLines
 from ..session import Params
-from .command import checkMailbox, parseParams, parsePath
-from .connection import SMTPConnection
+from .command import checkMailbox, parseParams, parsePath, splitCommand
+from .connection import REFUSED, SMTPConnection
 from .data import ChunkReader, DataReader
 from .params import checkMailParams, checkRcptParams
 from .secure import Security, authOffered, encrypted, secureExtensions, tlsRequired
@@ -37,6 +38,13 @@ _MUST_WAIT = frozenset({"HELO", "EHLO", "LHLO", "DATA", "STARTTLS", "AUTH"})
 _EHLO_TAILS: dict[tuple[int, tuple[str, ...]], str] = {}
 
 
+def _verbTable(cls: type) -> dict[str, Callable[[Any, str], None]]:
+    """
+    The C{do_VERB} methods of a protocol class, by verb.
+    """
+    return {name[3:]: getattr(cls, name) for name in dir(cls) if name.startswith("do_")}
+
+
 def _syntax(text: str) -> Reply:
     return Reply(501, text, enhanced="5.5.4")
 
@@ -48,6 +56,9 @@ def _sequence(text: str) -> Reply:
 _NO_REVERSE_PATH = _syntax("MAIL requires return-path")
 _NO_FORWARD_PATH = _syntax("RCPT requires forward-path")
 _TOO_MANY_RECIPIENTS = Reply(452, "Too many recipients", enhanced="4.5.3")
+_NO_SERVICE = Reply(503, "Error: no service on this connection", enhanced="5.5.1")
+_BARE_LF = Reply(500, "Bare LF in command; lines must end with CRLF", enhanced="5.5.2")
+_BARE_CR = Reply(500, "Bare CR in command", enhanced="5.5.2")
 
 
 @implementer(IHandshakeListener)
@@ -58,6 +69,39 @@ class ESMTPProtocol(SMTPConnection):
     """
 
     __slots__ = ()
+
+    _verbs: ClassVar[dict[str, Callable[[Any, str], None]]] = {}
+    """The C{do_VERB} methods, by verb; a subclass gets its own."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._verbs = _verbTable(cls)
+
+    def _commandLine(self, line: bytes) -> None:
+        """
+        A command line: syntax and sequence checks, then its C{do_VERB}
+        method (a verb without one goes to the UNKNOWN hook).
+        """
+        if b"\r" in line:
+            self.writeReply(_BARE_CR)
+            return
+        if self.bareLineEnding and self.settings.bareLineEndings == "reject":
+            self.writeReply(_BARE_LF)
+            return
+        verb, arg = splitCommand(line)
+        self.verb = verb or "UNKNOWN"
+        if self.moreInput and self.settings.enforceSync and not self.mayPipeline(verb):
+            self.violation(f"input pipelined after {self.verb}")
+            return
+        if self._state == REFUSED and verb != "QUIT":
+            self.writeReply(_NO_SERVICE)
+            return
+        method = self._verbs.get(verb)
+        if method is None:
+            text = line.decode("utf-8", "surrogateescape")
+            self.conversation.command("UNKNOWN", (text,), self.writeReply)
+        else:
+            method(self, arg)
 
     # -- TLS and AUTH -------------------------------------------------------
 
@@ -93,6 +137,12 @@ class ESMTPProtocol(SMTPConnection):
     # -- greetings ----------------------------------------------------------
 
     def mayPipeline(self, verb: str) -> bool:
+        """
+        Whether the client may send more before the reply to C{verb} (RFC
+        2920 section 3.1): after EHLO (or LHLO) with PIPELINING, anything
+        but the commands whose reply it must wait for; otherwise only the
+        content of BDAT and whatever follows QUIT.
+        """
         if verb in ("BDAT", "QUIT"):
             return True
         return (
@@ -355,3 +405,6 @@ class _ChunkPending:
 
 
 _CHUNK_PENDING: Any = _ChunkPending()
+
+
+ESMTPProtocol._verbs = _verbTable(ESMTPProtocol)
