@@ -11,7 +11,7 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from .session import Params
 
-__all__ = ["IESMTPHandler"]
+__all__ = ["IESMTPHandler", "IServerObserver"]
 
 
 class IESMTPHandler(Interface):
@@ -217,3 +217,71 @@ class IESMTPHandler(Interface):
         connection, last, after any pending hook has finished and after
         ABORT if a transaction was open.
         """
+
+
+class IServerObserver(Interface):
+    """
+    A listener for what happens on a server (connections, commands and
+    replies, transactions, TLS, AUTH, limits, hooks), told by every face
+    (SMTP, LMTP) alike. L{esmtpkit.ServerObserver} implements every event
+    as doing nothing and documents each one; subclass it, override what you
+    need, and give it to the factory or service as C{observers=[...]}.
+
+    Observers run inside the conversation: they must neither raise nor
+    block.
+    """
+
+    def wants(event: str) -> bool:
+        """
+        Whether to be told of event C{event} (asked once per event).
+        """
+
+    def connectionOpened(session: Any) -> None:
+        """A client connected."""
+
+    def connectionRefused(session: Any, limit: str, reply: Any) -> None:
+        """A connection over a connection limit was refused."""
+
+    def connectionClosed(session: Any) -> None:
+        """A connection is gone and its last hook has run."""
+
+    def handlerFailed(session: Any, failure: Any) -> None:
+        """The handler factory failed; the client got 421."""
+
+    def commandReplied(session: Any, verb: str, reply: Any) -> None:
+        """A reply went out, to command C{verb}."""
+
+    def transactionStarted(session: Any, transaction: Any) -> None:
+        """MAIL was accepted."""
+
+    def contentRefused(session: Any, transaction: Any, reply: Any) -> None:
+        """A message was refused while its content was read."""
+
+    def transactionEnded(
+        session: Any, transaction: Any, outcome: str, replies: Any
+    ) -> None:
+        """A transaction is over: accepted, partial, refused or aborted."""
+
+    def tlsStarted(session: Any) -> None:
+        """A STARTTLS handshake begins."""
+
+    def tlsEstablished(session: Any, tls: Any) -> None:
+        """A TLS handshake completed."""
+
+    def tlsFailed(session: Any) -> None:
+        """A connection ended before its TLS handshake completed."""
+
+    def authSucceeded(session: Any, mechanism: str, identity: Any) -> None:
+        """AUTH succeeded."""
+
+    def authFailed(session: Any, mechanism: str, failures: int) -> None:
+        """An AUTH attempt failed."""
+
+    def limitReached(session: Any, limit: str, detail: str) -> None:
+        """A protection triggered."""
+
+    def hookFinished(session: Any, hook: str, seconds: float) -> None:
+        """A hook finished after C{seconds}."""
+
+    def hookFailed(session: Any, hook: str, failure: Any) -> None:
+        """A hook raised or failed."""

@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..interfaces import IServerObserver
 
 if TYPE_CHECKING:
     from ..reply import Reply
@@ -67,11 +70,13 @@ The names L{ServerObserver.limitReached} reports.
 """
 
 
+@implementer(IServerObserver)
 class ServerObserver:
     """
-    A listener for server events: subclass it and override the events you
-    want. Only overridden methods are called (L{ServerEvents} looks), so the
-    others cost nothing; L{wants} can turn off overridden ones too.
+    A listener for server events (L{IServerObserver}): subclass it and
+    override the events you want. Only overridden methods are called
+    (L{ServerEvents} looks), so the others cost nothing; L{wants} can turn
+    off overridden ones too.
 
     Observers must not raise and must not block: they run inside the
     conversation. Sessions and transactions are live objects; copy what you
