@@ -19,8 +19,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
-from esmtpkit.server.output import OutputBatch
-from esmtpkit.server.writer import ReplyWriter, directSocket
+from esmtpkit.io.batch import OutputBatch
+from esmtpkit.io.writer import ReplyWriter, directSocket
 
 FULL = "full"
 SHORT = "short"

@@ -13,12 +13,12 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from ..core.events import ServerEvents
+    from ..io.batch import OutputBatch
     from ..security.auth import Authenticator
     from ..security.tls import ServerTLS
     from ..settings import Settings
     from .idle import IdleTimer
     from .limits import ConnectionLimits
-    from .output import OutputBatch
 
 __all__ = ["ServerContext"]
 

@@ -15,6 +15,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import ILogObserver, globalLogPublisher
 
 from ..core.events import LogObserver, ServerEvents, ServerObserver
+from ..io.batch import OutputBatch
 from ..security.auth import Authenticator
 from ..security.tls import ServerTLS
 from ..settings import Settings
@@ -25,7 +26,6 @@ from .context import ServerContext
 from .idle import IdleTimer
 from .limits import ConnectionLimits
 from .log import LevelLogger
-from .output import OutputBatch
 
 __all__ = ["ESMTPFactory", "LMTPFactory", "HandlerFactory"]
 

@@ -18,8 +18,8 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from ..core.conversation import Conversation
+from ..io.writer import ReplyWriter
 from ..reply import Reply
-from ..server.writer import ReplyWriter
 from ..session import Session
 from .deadline import RequestDeadline
 from .lines import PushbackLineReceiver

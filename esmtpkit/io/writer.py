@@ -32,7 +32,7 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import ISSLTransport, ITransport
 
 if TYPE_CHECKING:
-    from .output import OutputBatch
+    from .batch import OutputBatch
 
 __all__ = ["ReplyWriter", "SocketLike", "directSocket"]
 

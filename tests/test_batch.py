@@ -1,5 +1,5 @@
 """
-Tests for L{esmtpkit.server.output.OutputBatch}: replies written at the end of the
+Tests for L{esmtpkit.io.batch.OutputBatch}: replies written at the end of the
 reactor turn.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from esmtpkit.server.output import OutputBatch
+from esmtpkit.io.batch import OutputBatch
 
 
 class FakeSender:
