@@ -8,14 +8,12 @@ import getopt
 import inspect
 import signal
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
-from twisted.logger import InvalidLogLevelError, LogLevel
 from twisted.python import usage
 from twisted.python.reflect import namedAny
 from zope.interface.exceptions import Invalid
@@ -26,218 +24,13 @@ from ..security.auth import makePortal
 from ..security.scram import IScramSHA256Credentials, ScramFileChecker
 from ..security.tls import ServerTLS, TLSConfigurationError
 from ..settings import Settings
+from .optionvalues import EXTENSIONS, OPTION_OF, SETTINGS, asBytes
 from .service import DEFAULT_PORT, ESMTPService
 from .workers import WorkerSupervisor, cores, listeningDescription
 
 __all__ = ["Options", "makeService"]
 
 DEFAULT_HANDLER = "esmtpkit.handlers.Maildir"
-
-
-def _size(text: str) -> int:
-    """
-    A byte count: a whole number, optionally with K, M or G (binary units).
-    """
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
-    normal = text.strip().upper().removesuffix("B").removesuffix("I")
-    factor = units.get(normal[-1:], 1)
-    number = normal[:-1] if factor != 1 else normal
-    if not number.isdigit():
-        raise ValueError(f"{text!r} is not a size such as 65536 or 64K")
-    return int(number) * factor
-
-
-def _bytes(value: str | bytes) -> bytes:
-    return value.encode("utf-8") if isinstance(value, str) else value
-
-
-def _count(text: str) -> int:
-    if not text.strip().isdigit():
-        raise ValueError(f"{text!r} is not a whole number")
-    return int(text)
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{text!r} is not a number of seconds")
-    return value
-
-
-def _networks(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _level(text: str) -> LogLevel:
-    try:
-        level: LogLevel = LogLevel.levelWithName(text.lower())
-    except InvalidLogLevelError:
-        raise ValueError(
-            f"{text!r} is not one of debug, info, warn, error, critical"
-        ) from None
-    return level
-
-
-# Options that set a field of Settings: (option, field, parser, default, help).
-_SETTINGS: list[tuple[str, str, Callable[[str], Any], str | None, str]] = [
-    (
-        "hostname",
-        "hostname",
-        str,
-        None,
-        "Server name in the greeting, replies and Received: headers "
-        "[default: this host's name].",
-    ),
-    (
-        "chunk-size",
-        "chunkSize",
-        _size,
-        "64K",
-        "Largest BODY chunk handed to the handler (bytes; K/M suffixes).",
-    ),
-    (
-        "max-message-size",
-        "maxMessageSize",
-        _size,
-        "32M",
-        "Largest message accepted, advertised as SIZE (bytes; K/M/G suffixes; "
-        "0 for no limit).",
-    ),
-    (
-        "max-line-length",
-        "maxLineLength",
-        _size,
-        "2048",
-        "Longest command line in bytes (at least 510); longer gets 500 5.5.6.",
-    ),
-    (
-        "max-header-size",
-        "maxHeaderSize",
-        _size,
-        "256K",
-        "Largest header section of a message in bytes; larger gets 552 5.3.4.",
-    ),
-    (
-        "max-recipients",
-        "maxRecipients",
-        _count,
-        "1000",
-        "Recipients per transaction (advertised as LIMITS RCPTMAX); more get "
-        "452 4.5.3.",
-    ),
-    (
-        "idle-timeout",
-        "idleTimeout",
-        _seconds,
-        "300",
-        "Seconds a client may stay silent; then 421 4.4.2.",
-    ),
-    (
-        "min-data-rate",
-        "minDataRate",
-        _count,
-        "500",
-        "Bytes per second a message must arrive at, after the first "
-        "idle-timeout seconds; slower gets 421 4.4.2 (0: off).",
-    ),
-    (
-        "hook-timeout",
-        "hookTimeout",
-        _seconds,
-        "60",
-        "Seconds a handler hook may take; then the client gets 451 4.3.0 "
-        "(0: no limit).",
-    ),
-    (
-        "bare-lf",
-        "bareLineEndings",
-        str,
-        "reject",
-        "Bare LF or CR in commands and DATA: 'reject' (500/550 5.5.2) or "
-        "'normalize' (LF taken as CRLF, CR dropped).",
-    ),
-    (
-        "soft-error-limit",
-        "softErrorLimit",
-        _count,
-        "10",
-        "Error replies after which each further error slows the client down.",
-    ),
-    (
-        "hard-error-limit",
-        "hardErrorLimit",
-        _count,
-        "20",
-        "Error replies after which the client gets 421 4.7.0 and is disconnected.",
-    ),
-    (
-        "error-delay",
-        "errorDelay",
-        _seconds,
-        "1",
-        "Delay step, in seconds, past the soft error limit.",
-    ),
-    (
-        "max-connections",
-        "maxConnections",
-        _count,
-        "1000",
-        "Connections served at once; more get 421 4.7.0 (0: no limit).",
-    ),
-    (
-        "max-connections-per-ip",
-        "maxConnectionsPerPeer",
-        _count,
-        "50",
-        "Connections served at once from one IP address; more get 421 4.7.0 "
-        "(0: no limit).",
-    ),
-    (
-        "connection-limit-exempt",
-        "connectionLimitExempt",
-        _networks,
-        "127.0.0.0/8,::1/128",
-        "Comma-separated networks the per-IP limit does not apply to.",
-    ),
-    (
-        "greeting-delay",
-        "greetingDelay",
-        _seconds,
-        "0",
-        "Seconds to wait before the greeting; a client that talks first gets "
-        "554 5.5.0.",
-    ),
-    (
-        "max-auth-failures",
-        "maxAuthFailures",
-        _count,
-        "3",
-        "Failed AUTH attempts per connection before 421 4.7.0 (0: no limit).",
-    ),
-    (
-        "log-level",
-        "logLevel",
-        _level,
-        "info",
-        "Least severe esmtpkit event to log: debug (every reply), info "
-        "(connections and messages), warn, error or critical.",
-    ),
-]
-
-# EHLO keywords that --disable-extension turns off, and their Settings field.
-_EXTENSIONS = {
-    "PIPELINING": "pipelining",
-    "SIZE": "size",
-    "8BITMIME": "eightBitMIME",
-    "SMTPUTF8": "smtputf8",
-    "ENHANCEDSTATUSCODES": "enhancedStatusCodes",
-    "CHUNKING": "chunking",
-    "BINARYMIME": "binaryMIME",
-    "DSN": "dsn",
-    "LIMITS": "limits",
-}
-
-_OPTION_OF = {field: option for option, field, _, _, _ in _SETTINGS}
 
 
 class Options(usage.Options, strcred.AuthOptionMixin):
@@ -282,7 +75,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "Maildir",
             "Maildir folder of the Maildir handler (created if missing).",
         ],
-    ] + [[option, None, default, text] for option, _, _, default, text in _SETTINGS]
+    ] + [[option, None, default, text] for option, _, _, default, text in SETTINGS]
 
     optFlags = [
         [
@@ -393,15 +186,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     def opt_disable_extension(self, keyword: str) -> None:
         name = keyword.upper()
-        if name not in _EXTENSIONS:
+        if name not in EXTENSIONS:
             raise usage.UsageError(
                 f"--disable-extension: {keyword!r} is not one of "
-                + ", ".join(_EXTENSIONS)
+                + ", ".join(EXTENSIONS)
             )
         self["disabled-extensions"].append(name)
 
     opt_disable_extension.__doc__ = (
-        "Do not offer this EHLO extension, repeatable: " + ", ".join(_EXTENSIONS) + "."
+        "Do not offer this EHLO extension, repeatable: " + ", ".join(EXTENSIONS) + "."
     )
 
     def opt_auth(self, description: str) -> None:
@@ -419,7 +212,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
             # strcred's memory: checker keeps text, but SASL gives bytes.
             checker.users = {
-                _bytes(user): _bytes(password)
+                asBytes(user): asBytes(password)
                 for user, password in checker.users.items()
             }
 
@@ -462,7 +255,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     def _settings(self) -> Settings:
         values: dict[str, Any] = {}
-        for option, name, parse, _, _ in _SETTINGS:
+        for option, name, parse, _, _ in SETTINGS:
             if self[option] is None:
                 continue
             try:
@@ -470,7 +263,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             except ValueError as e:
                 raise usage.UsageError(f"--{option}: {e}") from None
         for keyword in self["disabled-extensions"]:
-            values[_EXTENSIONS[keyword]] = False
+            values[EXTENSIONS[keyword]] = False
         values["enforceSync"] = not self["no-enforce-sync"]
         values["requireTLS"] = bool(self["require-tls"])
         values["allowInsecureAuth"] = bool(self["allow-insecure-auth"])
@@ -480,7 +273,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         except ValueError as e:
             name, _, problem = str(e).partition(": ")
             raise usage.UsageError(
-                f"--{_OPTION_OF.get(name, name)}: {problem}"
+                f"--{OPTION_OF.get(name, name)}: {problem}"
             ) from None
 
     def _handlerFactory(self) -> Any:
