@@ -32,6 +32,12 @@ _HELP = Reply(
     "STARTTLS AUTH",
     enhanced="2.0.0",
 )
+_LMTP_HELP = Reply(
+    214,
+    f"This is {VERSION_TEXT}",
+    "Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY EXPN STARTTLS AUTH",
+    enhanced="2.0.0",
+)
 _BYE = Reply(221, "Closing connection", enhanced="2.0.0")
 _START_TLS = Reply(220, "Ready to start TLS", enhanced="2.0.0")
 _AUTHENTICATED = Reply(235, "Authentication successful", enhanced="2.7.0")
@@ -59,7 +65,7 @@ class ESMTPHandler:
         self.disconnect = False
 
     def CONNECT(self) -> HookResult:
-        return _greeting(self.session.hostname)
+        return _greeting(self.session.hostname, self.session.lmtp)
 
     def HELO(self, domain: str) -> HookResult:
         return Reply(250, _hello(self.session, domain))
@@ -113,7 +119,7 @@ class ESMTPHandler:
         return _NO_EXPN
 
     def HELP(self, topic: str | None) -> HookResult:
-        return _HELP
+        return _LMTP_HELP if self.session.lmtp else _HELP
 
     def QUIT(self) -> HookResult:
         return _BYE
@@ -133,8 +139,8 @@ class ESMTPHandler:
 
 
 @functools.lru_cache(maxsize=64)
-def _greeting(hostname: str) -> Reply:
-    return Reply(220, f"{hostname} ESMTP Mail Server")
+def _greeting(hostname: str, lmtp: bool = False) -> Reply:
+    return Reply(220, f"{hostname} {'LMTP' if lmtp else 'ESMTP'} Mail Server")
 
 
 # Replies naming an address (validated, so printable: no need to check the

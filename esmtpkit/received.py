@@ -1,5 +1,7 @@
 """
-The C{Received:} trace header (RFC 5321 section 4.4) for a message.
+The C{Received:} trace header (RFC 5321 section 4.4) for a message, whose
+C{with} clause names the protocol (RFC 3848: SMTP, ESMTP, LMTP, with S for
+TLS and A for AUTH).
 """
 
 from __future__ import annotations

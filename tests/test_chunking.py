@@ -821,11 +821,15 @@ def feed(
     C{drainAfter} (used in turn) says so, and at the end.
 
     The client does not wait for replies, so C{enforceSync} is off unless
-    C{overrides} say otherwise.
+    C{overrides} say otherwise; and the model knows no error budget (a
+    session of many refusals would be slowed down past the soft limit, on a
+    clock nobody advances), so that is off too.
     """
     calls: list[Call] = []
     gate = Gate(modes)
     overrides.setdefault("enforceSync", False)
+    overrides.setdefault("softErrorLimit", 0)
+    overrides.setdefault("hardErrorLimit", 0)
     conn = SMTPTestConnection(lambda: handlerClass(calls, gate), **overrides)
     gate.drain()  # a well-behaved client waits for the greeting
     for index, chunk in enumerate(chunks):

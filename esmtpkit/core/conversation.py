@@ -53,6 +53,10 @@ class Conversation:
     @ivar skippable: the content hooks the handler leaves to
         L{ESMTPHandler <esmtpkit.ESMTPHandler>} (they do nothing, so they are
         not called).
+    @ivar perRecipient: whether the face answers the end of a message once
+        per recipient (LMTP); if not (SMTP), a L{PerRecipient} result
+        becomes one reply (L{MessageResult.single}) before anything counts
+        it.
     """
 
     __slots__ = (
@@ -63,6 +67,7 @@ class Conversation:
         "clock",
         "events",
         "skippable",
+        "perRecipient",
     )
 
     def __init__(
@@ -79,6 +84,7 @@ class Conversation:
         self.handler: Any = None
         self.hooks: HookRunner = None  # type: ignore[assignment]
         self.skippable: frozenset[str] = frozenset()
+        self.perRecipient = False
 
     # -- the handler ------------------------------------------------------
 
@@ -236,6 +242,9 @@ class Conversation:
         def answered(value: Reply | PerRecipient) -> None:
             if type(value) is PerRecipient:
                 result = self._perRecipient(transaction, value)
+                if not self.perRecipient:
+                    value = result.single()
+            if type(value) is PerRecipient:
                 outcome = result.outcome
             else:
                 count = len(transaction.recipients)

@@ -46,14 +46,13 @@ __all__ = [
 OUTCOMES = ("accepted", "partial", "refused", "aborted")
 """
 How a transaction ended (L{ServerObserver.transactionEnded}): every
-recipient's reply 2xx, some (LMTP only), none, or no end of message at all
+recipient's reply 2xx, some (only where each recipient gets its own reply,
+as in LMTP), none, or no end of message at all
 (RSET, a new greeting, QUIT, the connection lost, or refused while its
 content was being read).
 """
 
 LIMITS = (
-    "connections",
-    "connections-per-ip",
     "line-length",
     "header-size",
     "message-size",
@@ -66,7 +65,9 @@ LIMITS = (
     "sync",
 )
 """
-The names L{ServerObserver.limitReached} reports.
+The names L{ServerObserver.limitReached} reports (the connection limits,
+C{"connections"} and C{"connections-per-ip"}, are told by
+L{ServerObserver.connectionRefused}).
 """
 
 
@@ -147,8 +148,8 @@ class ServerObserver:
         The transaction is over; C{outcome} is one of L{OUTCOMES}.
 
         @param replies: after the end of a message, the reply for each
-            recipient in order (under SMTP all the same reply); empty for
-            C{"aborted"}.
+            recipient in order (under SMTP the one reply sent, for each);
+            empty for C{"aborted"}.
         """
 
     def tlsStarted(self, session: Session) -> None:
@@ -163,7 +164,8 @@ class ServerObserver:
 
     def tlsFailed(self, session: Session) -> None:
         """
-        The connection ended before its TLS handshake completed.
+        The connection ended before its TLS handshake completed (after
+        STARTTLS, or on an implicit TLS listener).
         """
 
     def authSucceeded(self, session: Session, mechanism: str, identity: Any) -> None:
@@ -184,8 +186,8 @@ class ServerObserver:
 
     def hookFinished(self, session: Session, hook: str, seconds: float) -> None:
         """
-        Hook C{hook} returned, or its Deferred fired, C{seconds} after it was
-        called.
+        Hook C{hook} returned (or raised), or its Deferred fired,
+        C{seconds} after it was called.
         """
 
     def hookFailed(self, session: Session, hook: str, failure: Failure) -> None:
@@ -267,8 +269,11 @@ class LogObserver(ServerObserver):
         "commandReplied": LogLevel.debug,
         "hookFinished": LogLevel.debug,
         "transactionStarted": LogLevel.debug,
-        "hookFailed": LogLevel.error,
-        "handlerFailed": LogLevel.error,
+        # Failures go out through Logger.failure, at critical; the hook
+        # timeout line at error; the other limit lines at info.
+        "hookFailed": LogLevel.critical,
+        "handlerFailed": LogLevel.critical,
+        "limitReached": LogLevel.error,
     }
 
     def __init__(self, log: Logger, level: LogLevel = LogLevel.info) -> None:

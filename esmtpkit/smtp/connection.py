@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import ISSLTransport, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
@@ -231,6 +231,10 @@ class SMTPConnection(PushbackLineReceiver):
             self.writer.discard()  # no one left to write to
         if self._secure is not None:
             self._secure.connectionLost()
+        elif self.session.tls is None and ISSLTransport.providedBy(self.transport):
+            # An implicit TLS listener whose handshake never completed.
+            for notify in self.server.events.tlsFailed:
+                notify(self.session)
         if self.server.limits.closed(self):
             self.server.idleTimer.stop()
         # The hook in flight, if any, finishes first (it may be the EOM that
@@ -367,6 +371,7 @@ class SMTPConnection(PushbackLineReceiver):
     def lineLengthExceeded(self, line: bytes) -> None:
         reader = self._reader
         if reader is None or not reader.lineTooLong():
+            self.verb = "UNKNOWN"  # the command is not known: its line is cut
             self.limitReached("line-length", "sent a line that is too long")
             self._reader = LineSkipper(self, reader, _LINE_TOO_LONG)
             self.setRawMode()

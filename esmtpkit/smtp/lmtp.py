@@ -37,6 +37,7 @@ class LMTPProtocol(ESMTPProtocol):
 
     def connectionMade(self) -> None:
         self.session.lmtp = True
+        self.conversation.perRecipient = True
         super().connectionMade()
 
     def do_LHLO(self, arg: str) -> None:

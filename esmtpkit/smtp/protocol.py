@@ -226,7 +226,8 @@ class ESMTPProtocol(SMTPConnection):
     def do_MAIL(self, arg: str) -> None:
         session = self.session
         if session.heloName is None:
-            self.writeReply(_sequence("Error: send HELO/EHLO first"))
+            greeting = "LHLO" if session.lmtp else "HELO/EHLO"
+            self.writeReply(_sequence(f"Error: send {greeting} first"))
             return
         if session.transaction is not None:
             self.writeReply(_sequence("Sender already specified"))
@@ -347,7 +348,6 @@ class ESMTPProtocol(SMTPConnection):
             else:
                 ChunkReader(self, None).read(size, last, reply)
 
-        self.verb = "DATA"
         # Chunk bytes are never commands, even while DATA is asked.
         self.readWith(_CHUNK_PENDING)
         self.conversation.data(answered)
