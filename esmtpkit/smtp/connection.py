@@ -64,25 +64,11 @@ class SMTPConnection(PushbackLineReceiver):
     @ivar verb: the command being answered (for the events).
     """
 
-    # Every attribute of a connection, its base classes' included, lives in
-    # a slot: no per-connection __dict__, which matters with thousands of
-    # idle connections. __init__ sets each one (a slot has no class default).
+    # Every attribute of a connection lives in a slot, those of the base
+    # class (Twisted's protocol attributes included) in its own: no
+    # per-connection __dict__, which matters with thousands of idle
+    # connections. __init__ sets each one (a slot has no class default).
     __slots__ = (
-        # Twisted's Protocol and LineReceiver
-        "transport",
-        "connected",
-        "factory",
-        "line_mode",
-        "_buffer",
-        "_busyReceiving",
-        "paused",
-        "MAX_LENGTH",
-        # PushbackLineReceiver
-        "bareLineEnding",
-        "moreInput",
-        "_pushedBack",
-        "_closing",
-        # this class
         "server",
         "settings",
         "session",
