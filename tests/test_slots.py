@@ -24,7 +24,7 @@ from esmtpkit.core.content import Content
 from esmtpkit.core.conversation import Conversation
 from esmtpkit.core.hooks import HookRunner
 from esmtpkit.handlers import Sink
-from esmtpkit.server.writer import ReplyWriter
+from esmtpkit.io.writer import ReplyWriter
 from esmtpkit.session import Session, Transaction
 from esmtpkit.smtp.connection import SMTPConnection
 from esmtpkit.smtp.data import ChunkReader, DataReader
