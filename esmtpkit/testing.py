@@ -14,15 +14,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.logger import ILogObserver, LogEvent
-from zope.interface import implementer
+from zope.interface import implementer, implementer_only
 
 from .reply import Reply
 from .server.factory import ESMTPFactory, HandlerFactory, LMTPFactory
+from .server.writer import SocketLike
 from .settings import Settings
 from .smtp.connection import SMTPConnection
 
@@ -90,12 +98,64 @@ class LogCollector:
         self.events.append(event)
 
 
+class _DirectSocket:
+    """
+    The socket of a L{_DirectTCPTransport}: passes C{send} on to the test's
+    socket and keeps what it took.
+    """
+
+    def __init__(self, sock: SocketLike) -> None:
+        self._sock = sock
+        self.accepted = b""
+
+    def send(self, data: bytes, /) -> int:
+        taken = self._sock.send(data)
+        if not 0 <= taken <= len(data):
+            raise AssertionError(f"send took {taken} of {len(data)} bytes")
+        self.accepted += data[:taken]
+        return taken
+
+
+@implementer_only(ITCPTransport, IConsumer, IPushProducer)
+class _DirectTCPTransport(  # type: ignore[misc]
+    StringTransportWithDisconnection, tcp.Connection
+):
+    """
+    An in-memory transport that passes for a plain TCP connection (see
+    L{esmtpkit.server.writer.directSocket}): its handle is a test's socket,
+    and its C{reactor} the test's clock. Everything else is the
+    L{StringTransportWithDisconnection}'s; nothing of C{tcp.Connection}
+    but its type is used (its C{__init__} is not called).
+    """
+
+    def __init__(self, sock: _DirectSocket, reactor: IReactorTime, **kw: Any) -> None:
+        StringTransportWithDisconnection.__init__(self, **kw)
+        self.socket: Any = sock
+        self.reactor: Any = reactor  # what the writer's batch waits on
+        self.noDelay = False
+
+    def getHandle(self) -> Any:
+        return self.socket
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.noDelay = bool(enabled)
+
+    def getTcpNoDelay(self) -> bool:
+        return self.noDelay
+
+
 class SMTPTestConnection:
     """
     One SMTP connection to a handler, in memory.
 
+    With C{directSocket}, the connection's replies take the path they take
+    on a plain TCP connection: they wait for the end of the reactor turn
+    (C{clock.advance(0)}), are offered to C{directSocket.send}, and what it
+    does not take, and everything after it, goes to the transport.
+
     @ivar clock: the L{Clock} behind timeouts; C{advance} it to test them.
-    @ivar transport: the in-memory transport (C{value()} is all output).
+    @ivar transport: the in-memory transport (C{value()} is all output, or,
+        with C{directSocket}, what the socket did not take: see L{output}).
     @ivar protocol: the L{ESMTPProtocol <esmtpkit.ESMTPProtocol>}.
     @ivar factory: the L{ESMTPFactory}.
     @ivar log: a L{LogCollector} with the connection's log events.
@@ -121,8 +181,16 @@ class SMTPTestConnection:
         *,
         peer: IAddress | None = None,
         clock: Clock | None = None,
+        directSocket: SocketLike | None = None,
         **overrides: Any,
     ) -> None:
+        """
+        @param directSocket: a socket-like object, whose C{send(data)}
+            returns how many bytes it took (maybe fewer than all) or raises
+            L{OSError} (C{BlockingIOError} for a full buffer): replies are
+            then written to it directly, as to the socket of a plain TCP
+            connection (the transport is not L{transportFactory}'s then).
+        """
         self.clock = clock or Clock()
         self.log = LogCollector()
         overrides.setdefault("hostname", "mx.example.test")
@@ -134,9 +202,16 @@ class SMTPTestConnection:
             **overrides,
         )
         peer = peer or IPv4Address("TCP", "192.0.2.1", 49152)
-        self.transport = self.transportFactory(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 25), peerAddress=peer
-        )
+        addresses = {
+            "hostAddress": IPv4Address("TCP", "127.0.0.1", 25),
+            "peerAddress": peer,
+        }
+        self._socket: _DirectSocket | None = None
+        if directSocket is None:
+            self.transport = self.transportFactory(**addresses)
+        else:
+            self._socket = _DirectSocket(directSocket)
+            self.transport = _DirectTCPTransport(self._socket, self.clock, **addresses)
         self.protocol: SMTPConnection = self.factory.buildProtocol(peer)
         self.transport.protocol = self.protocol
         self._read = 0
@@ -171,11 +246,27 @@ class SMTPTestConnection:
         """
         self.protocol.dataReceived(data)
 
+    @property
+    def output(self) -> bytes:
+        """
+        Every byte the client has received: the transport's C{value()}, or,
+        with C{directSocket}, what the socket took, then what the transport
+        got (which the socket is never offered anything after).
+        """
+        sent: bytes = self.transport.value()
+        if self._socket is None:
+            return sent
+        return self._socket.accepted + sent
+
     def replies(self) -> list[Reply]:
         """
-        The complete replies written since the last call.
+        The complete replies written since the last call (with
+        C{directSocket}, once the reactor turn is over: C{clock.advance(0)}
+        comes first).
         """
-        output = self.transport.value()
+        if self._socket is not None:
+            self.clock.advance(0)
+        output = self.output
         replies, rest = parseReplies(output[self._read :])
         self._read = len(output) - len(rest)
         return replies

@@ -243,3 +243,69 @@ class ConnectionTests(SynchronousTestCase):
         self.assertTrue(
             any(e.get("session") == conn.session.id for e in conn.log.events)
         )
+
+
+class _Socket:
+    """
+    Takes at most C{limit} bytes per send (everything by default), or
+    raises C{error}.
+    """
+
+    def __init__(self) -> None:
+        self.limit: int | None = None
+        self.error: OSError | None = None
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes, /) -> int:
+        if self.error is not None:
+            raise self.error
+        taken = data if self.limit is None else data[: self.limit]
+        self.sent.append(taken)
+        return len(taken)
+
+
+class DirectSocketTests(SynchronousTestCase):
+    """
+    With C{directSocket}, replies take the direct path of a plain TCP
+    connection: to the socket at the end of the reactor turn, to the
+    transport from the first send that did not take everything.
+    """
+
+    def test_endOfTurn(self) -> None:
+        """
+        Replies wait for the end of the turn, then go to the socket in one
+        send; C{replies} ends the turn first; C{output} is what the client
+        got.
+        """
+        sock = _Socket()
+        conn = SMTPTestConnection(ESMTPHandler, directSocket=sock)
+        self.assertEqual(greetingOf(conn).code, 220)
+        self.assertTrue(conn.protocol.writer.direct)
+        self.assertTrue(conn.transport.getTcpNoDelay())
+        self.assertEqual(conn.command("EHLO c.example").code, 250)
+        self.assertEqual(len(sock.sent), 2)  # the greeting, the EHLO reply
+        conn.send(b"NOOP\r\nNOOP\r\n")
+        self.assertEqual(len(sock.sent), 2)
+        conn.clock.advance(0)
+        self.assertEqual(sock.sent[2], b"250 2.0.0 OK\r\n" * 2)
+        self.assertEqual([r.code for r in conn.replies()], [250, 250])
+        self.assertEqual(conn.command("NOOP").code, 250)
+        self.assertEqual(conn.transport.value(), b"")
+        self.assertEqual(conn.output, b"".join(sock.sent))
+
+    def test_fallBack(self) -> None:
+        """
+        What a short send leaves, and everything after it, goes to the
+        transport; so does everything after a failed send.
+        """
+        greeting = b"220 mx.example.test ESMTP Mail Server\r\n"
+        for error in (None, BlockingIOError(), ConnectionResetError()):
+            sock = _Socket()
+            conn = SMTPTestConnection(ESMTPHandler, directSocket=sock)
+            sock.limit, sock.error = 3, error
+            self.assertEqual(conn.command("NOOP").code, 250)
+            self.assertFalse(conn.protocol.writer.direct)
+            sock.limit = sock.error = None
+            self.assertEqual(conn.command("RSET").code, 250)
+            self.assertEqual(conn.output, greeting + b"250 2.0.0 OK\r\n" * 2)
+            self.assertEqual(sock.sent, [greeting] if error else [greeting, b"250"])
