@@ -30,7 +30,7 @@ from zope.interface import implementer, implementer_only
 
 from .reply import Reply
 from .server.factory import ESMTPFactory, HandlerFactory, LMTPFactory
-from .server.writer import SocketLike
+from .io.writer import SocketLike
 from .settings import Settings
 from .smtp.connection import SMTPConnection
 
@@ -122,7 +122,7 @@ class _DirectTCPTransport(  # type: ignore[misc]
 ):
     """
     An in-memory transport that passes for a plain TCP connection (see
-    L{esmtpkit.server.writer.directSocket}): its handle is a test's socket,
+    L{esmtpkit.io.writer.directSocket}): its handle is a test's socket,
     and its C{reactor} the test's clock. Everything else is the
     L{StringTransportWithDisconnection}'s; nothing of C{tcp.Connection}
     but its type is used (its C{__init__} is not called).

@@ -158,7 +158,9 @@ class DataReader:
         self.content.body(body)
         if leftover is not None:
             wire.setLineMode(leftover)
-            self._end()
+            wire.verb = "EOM"
+            wire.readerDone()
+            self.content.finish(wire.messageDone)
 
     def _end(self) -> None:
         """
