@@ -28,9 +28,9 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.logger import ILogObserver, LogEvent
 from zope.interface import implementer, implementer_only
 
+from .io.writer import SocketLike
 from .reply import Reply
 from .server.factory import ESMTPFactory, HandlerFactory, LMTPFactory
-from .io.writer import SocketLike
 from .settings import Settings
 from .smtp.connection import SMTPConnection
 
