@@ -46,7 +46,8 @@ class DataReader:
         self._scanner: BodyScanner | None = None  # made when the body starts
         self._lineStartCRLF = True
         wire.MAX_LENGTH = wire.settings.maxHeaderSize
-        self._deadline = deadline = wire.requestDeadline()
+        deadline = wire._deadline or wire.requestDeadline()
+        self._deadline = deadline
         deadline.start()
         if "HEADER" in wire.conversation.skippable:
             # The first read may hold the whole header section: see

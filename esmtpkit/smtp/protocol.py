@@ -32,6 +32,8 @@ __all__ = ["ESMTPProtocol"]
 # Commands after which a client must wait for the reply even with PIPELINING
 # (RFC 2920 section 3.1; BDAT is followed by its chunk, QUIT by nothing).
 _MUST_WAIT = frozenset({"HELO", "EHLO", "LHLO", "DATA", "STARTTLS", "AUTH"})
+# ... and what may always be followed at once (the chunk, and nothing).
+_ALWAYS_PIPELINED = frozenset({"BDAT", "QUIT"})
 
 # The EHLO keywords and extra lines after the first line, as wire text: the
 # same from one connection to the next.
@@ -90,7 +92,20 @@ class ESMTPProtocol(SMTPConnection):
             return
         verb, arg = splitCommand(line)
         self.verb = verb or "UNKNOWN"
-        if self.moreInput and self.settings.enforceSync and not self.mayPipeline(verb):
+        # RFC 2920 section 3.1: after EHLO (or LHLO) with PIPELINING, a
+        # client may send on before the reply to anything but the commands
+        # whose reply it must wait for; otherwise only BDAT's chunk and what
+        # follows QUIT.
+        if (
+            self.moreInput
+            and self.settings.enforceSync
+            and verb not in _ALWAYS_PIPELINED
+            and not (
+                self.session.esmtp
+                and self.settings.pipelining
+                and verb not in _MUST_WAIT
+            )
+        ):
             self.violation(f"input pipelined after {self.verb}")
             return
         if self._state == REFUSED and verb != "QUIT":
@@ -135,19 +150,6 @@ class ESMTPProtocol(SMTPConnection):
         self.security().auth(arg)
 
     # -- greetings ----------------------------------------------------------
-
-    def mayPipeline(self, verb: str) -> bool:
-        """
-        Whether the client may send more before the reply to C{verb} (RFC
-        2920 section 3.1): after EHLO (or LHLO) with PIPELINING, anything
-        but the commands whose reply it must wait for; otherwise only the
-        content of BDAT and whatever follows QUIT.
-        """
-        if verb in ("BDAT", "QUIT"):
-            return True
-        return (
-            self.session.esmtp and self.settings.pipelining and verb not in _MUST_WAIT
-        )
 
     def extensions(self) -> list[str]:
         """
