@@ -110,12 +110,6 @@ class DataReader:
 
     # -- raw bytes ----------------------------------------------------------
 
-    def rawDataReceived(self, data: bytes) -> None:
-        if self._scanner is None:
-            self._headerData(data)
-        else:
-            self._bodyData(data)
-
     def _headerData(self, data: bytes) -> None:
         """
         The first bytes after 354, read raw (only for a handler without a
@@ -142,10 +136,14 @@ class DataReader:
                 return
         wire.pushBack(data)
 
-    def _bodyData(self, data: bytes) -> None:
+    def rawDataReceived(self, data: bytes) -> None:
         """
-        Raw bytes of the body as they were read.
+        Raw bytes as they were read: the start of the header section (see
+        L{_headerData}), or the body.
         """
+        if self._scanner is None:
+            self._headerData(data)
+            return
         wire = self._wire
         self._deadline.extend(len(data))
         assert self._scanner is not None
