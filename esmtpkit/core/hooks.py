@@ -78,6 +78,11 @@ class HookRunner:
 
     @ivar handler: the handler whose hooks are called.
     @ivar pending: the Deferred of the hook in flight, or L{None}.
+    @ivar steps: the steps waiting to run, in order (read it, never change
+        it: L{now}, L{later} and L{run} do).
+    @ivar holding: whether input is held because of a pending hook (until
+        the queue next runs dry). L{drive} has nothing to do unless
+        C{steps} or C{holding}: a caller on a hot path may test them first.
     """
 
     __slots__ = (
@@ -85,9 +90,9 @@ class HookRunner:
         "pending",
         "_conversation",
         "_flow",
-        "_steps",
+        "steps",
         "_driving",
-        "_paused",
+        "holding",
         "_final",
     )
 
@@ -107,9 +112,9 @@ class HookRunner:
         self._flow = flow
         # A tuple, rebuilt as steps come and go: steps are few, and an idle
         # connection's empty queue is the shared empty tuple.
-        self._steps: tuple[Step, ...] = ()
+        self.steps: tuple[Step, ...] = ()
         self._driving = False
-        self._paused = False
+        self.holding = False
         self._final: tuple[Step, ...] | None = None
 
     @property
@@ -117,19 +122,19 @@ class HookRunner:
         """
         Whether no step is running or queued and no hook is pending.
         """
-        return not (self._driving or self._steps or self.pending is not None)
+        return not (self._driving or self.steps or self.pending is not None)
 
     def now(self, *steps: Step) -> None:
         """
         Run C{steps} next, before anything already queued.
         """
-        self._steps = steps + self._steps
+        self.steps = steps + self.steps
 
     def later(self, *steps: Step) -> None:
         """
         Run C{steps} after everything already queued.
         """
-        self._steps += steps
+        self.steps += steps
 
     def close(self, *final: Step) -> None:
         """
@@ -144,7 +149,7 @@ class HookRunner:
 
     def _runFinal(self) -> None:
         final, self._final = self._final, ()
-        self._steps = ()
+        self.steps = ()
         if final:
             self.now(*final)
         self.drive()
@@ -154,7 +159,7 @@ class HookRunner:
         Run queued steps until the queue is empty or a hook is pending; then
         resume input if a pending hook had paused it.
         """
-        if self._driving or not (self._steps or self._paused):
+        if self._driving or not (self.steps or self.holding):
             return
         self._runSteps(None, ())
 
@@ -163,8 +168,8 @@ class HookRunner:
         Run C{step(*args)} now, then whatever it queued; when other steps
         are queued or a hook is pending, queue it first in line instead.
         """
-        if self._driving or self._steps or self.pending is not None:
-            self._steps = (lambda: step(*args), *self._steps)
+        if self._driving or self.steps or self.pending is not None:
+            self.steps = (lambda: step(*args), *self.steps)
             self.drive()
             return
         self._runSteps(step, args)
@@ -176,14 +181,14 @@ class HookRunner:
         try:
             if first is not None:
                 first(*args)
-            while self._steps and self.pending is None:
-                steps = self._steps
-                self._steps = steps[1:]
+            while self.steps and self.pending is None:
+                steps = self.steps
+                self.steps = steps[1:]
                 steps[0]()
         finally:
             self._driving = False
-        if self.pending is None and self._paused:
-            self._paused = False
+        if self.pending is None and self.holding:
+            self.holding = False
             self._flow.hooksDone()
 
     def invoke(self, name: str, args: tuple[Any, ...], done: Done) -> None:
@@ -245,8 +250,8 @@ class HookRunner:
             done(settled[0])
             return
         self.pending = deferred
-        if not self._paused:
-            self._paused = True
+        if not self.holding:
+            self.holding = True
             self._flow.hookPending()
 
     def _fired(self, value: Any, done: Done) -> None:

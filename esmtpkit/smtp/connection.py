@@ -370,13 +370,17 @@ class SMTPConnection(PushbackLineReceiver):
             self._commandLine(line)
         else:
             reader.lineReceived(line)
-        self.conversation.hooks.drive()
+        hooks = self.conversation.hooks
+        if hooks.steps or hooks.holding:
+            hooks.drive()
 
     def rawDataReceived(self, data: bytes) -> None:
         reader = self._reader
         assert reader is not None
         reader.rawDataReceived(data)
-        self.conversation.hooks.drive()
+        hooks = self.conversation.hooks
+        if hooks.steps or hooks.holding:
+            hooks.drive()
 
     def readWith(self, reader: Reader, raw: bool = True) -> None:
         """
