@@ -24,6 +24,7 @@ from ..security.auth import makePortal
 from ..security.scram import IScramSHA256Credentials, ScramFileChecker
 from ..security.tls import ServerTLS, TLSConfigurationError
 from ..settings import Settings
+from . import metrics
 from .optionvalues import EXTENSIONS, OPTION_OF, SETTINGS, asBytes
 from .service import DEFAULT_PORT, ESMTPService
 from .workers import WorkerSupervisor, cores, listeningDescription
@@ -74,6 +75,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             None,
             "Maildir",
             "Maildir folder of the Maildir handler (created if missing).",
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Endpoint to serve Prometheus metrics on, at /metrics "
+            "(tcp:9101:interface=127.0.0.1).",
         ],
     ] + [[option, None, default, text] for option, _, _, default, text in SETTINGS]
 
@@ -234,6 +242,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError("--require-auth needs --auth")
         self["handlerFactory"] = self._handlerFactory()
         self._checkPorts()
+        if self["metrics"] is not None:
+            try:
+                metrics.checkEndpoint(self["metrics"])
+            except ValueError as e:
+                raise usage.UsageError(f"--metrics {self['metrics']}: {e}") from None
 
     def _tls(self) -> ServerTLS | None:
         if self["tls-cert"] is None:
@@ -364,10 +377,13 @@ def makeService(options: Options) -> IService:
     """
     raiseFileLimit()
     if options["workers"] > 1:
-        return WorkerSupervisor(
+        supervisor = WorkerSupervisor(
             options["workers"], options["ports"], options.workerArguments()
         )
-    return ESMTPService(
+        if options["metrics"] is None:
+            return supervisor
+        return metrics.SupervisedMetrics(supervisor, options["metrics"])
+    service = ESMTPService(
         options["handlerFactory"],
         options["ports"],
         options["settings"],
@@ -375,3 +391,6 @@ def makeService(options: Options) -> IService:
         portal=options["portal"],
         inherited=options["inherited"],
     )
+    if options["metrics"] is not None:
+        metrics.serveMetrics(service, options["metrics"], bool(options["inherited"]))
+    return service

@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -79,16 +79,34 @@ class _SpawnWithSockets:
     child the listening sockets, as file descriptors 3, 4, ...
     """
 
-    def __init__(self, reactor: Any, fds: Sequence[int]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        fds: Sequence[int],
+        exited: Sequence[Callable[[int], None]] = (),
+    ) -> None:
         self._reactor = reactor
         self._fds = list(fds)
+        self._exited = exited
 
-    def spawnProcess(self, *args: Any, **kwargs: Any) -> Any:
+    def spawnProcess(self, protocol: Any, *args: Any, **kwargs: Any) -> Any:
         childFDs: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         for index, fd in enumerate(self._fds):
             childFDs[FIRST_FD + index] = fd
         kwargs["childFDs"] = childFDs
-        return self._reactor.spawnProcess(*args, **kwargs)
+        process = self._reactor.spawnProcess(protocol, *args, **kwargs)
+        if self._exited:
+            # Tell who wants to know of the worker's end, by its PID (gone
+            # from the transport by then).
+            pid, ended = process.pid, protocol.processEnded
+
+            def processEnded(reason: Any) -> None:
+                for notify in self._exited:
+                    notify(pid)
+                ended(reason)
+
+            protocol.processEnded = processEnded
+        return process
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
@@ -98,6 +116,9 @@ class WorkerSupervisor(Service):
     """
     The parent of C{--workers N}: listens, starts N workers, keeps them
     running.
+
+    @ivar workerEnv: variables added to the workers' environment.
+    @ivar workerExited: called with a worker's PID when it has exited.
     """
 
     def __init__(
@@ -124,6 +145,8 @@ class WorkerSupervisor(Service):
         self._listening: list[Any] = []
         self.monitor: ProcessMonitor | None = None
         self._previousHUP: Any = None
+        self.workerEnv: dict[str, str] = {}
+        self.workerExited: list[Callable[[int], None]] = []
 
     def startService(self) -> None:
         super().startService()
@@ -139,7 +162,7 @@ class WorkerSupervisor(Service):
             port.stopReading()  # the workers accept, not this process
             self._listening.append(port)
         fds = [port.fileno() for port in self._listening]
-        spawner: Any = _SpawnWithSockets(self._reactor, fds)
+        spawner: Any = _SpawnWithSockets(self._reactor, fds, self.workerExited)
         self.monitor = ProcessMonitor(reactor=spawner)
         inherited: list[str] = []
         for index, description in enumerate(self.ports):
@@ -155,7 +178,9 @@ class WorkerSupervisor(Service):
             *inherited,
         ]
         for number in range(1, self.workers + 1):
-            self.monitor.addProcess(f"worker-{number}", args, env=dict(os.environ))
+            self.monitor.addProcess(
+                f"worker-{number}", args, env={**os.environ, **self.workerEnv}
+            )
         self.monitor.startService()
         log.info(
             "esmtpkit supervising {workers} workers on {ports}",
