@@ -785,3 +785,42 @@ def test_malformedPaths(path: str) -> None:
     reply = conn.command(f"RCPT TO:{path}")
     assert reply.code == 501, reply
     assert "RCPT" not in conn.handler.names()
+
+
+class RefusalOrderTests(SynchronousTestCase):
+    """
+    A message that passes the size limit and has a bare line ending gets
+    the refusal of whichever comes first in the stream, however the stream
+    is split into reads (and whether a BODY hook waits for the bytes).
+    """
+
+    def refusal(self, message: bytes, split: bool, bodyHook: bool) -> int:
+        class Body(ESMTPHandler):
+            def BODY(self, chunk: bytes) -> None:
+                pass
+
+        conn = SMTPTestConnection(Body if bodyHook else ESMTPHandler, maxMessageSize=30)
+        conn.command("EHLO client.example")
+        conn.command("MAIL FROM:<a@example.org>")
+        conn.command("RCPT TO:<b@example.org>")
+        self.assertEqual(conn.command("DATA").code, 354)
+        wire = message + b".\r\n"
+        if split:
+            for byte in range(len(wire)):
+                conn.send(wire[byte : byte + 1])
+        else:
+            conn.send(wire)
+        [reply] = conn.replies()
+        return reply.code
+
+    def test_sizeFirst(self) -> None:
+        message = b"Subject: x\r\n\r\n" + b"y" * 20 + b"\r\nbare\nline\r\n"
+        for split in (False, True):
+            for bodyHook in (False, True):
+                self.assertEqual(self.refusal(message, split, bodyHook), 552)
+
+    def test_bareLineEndingFirst(self) -> None:
+        message = b"Subject: x\r\n\r\nbare\nline\r\n" + b"y" * 40 + b"\r\n"
+        for split in (False, True):
+            for bodyHook in (False, True):
+                self.assertEqual(self.refusal(message, split, bodyHook), 550)

@@ -221,17 +221,13 @@ class Content:
         """
         Bytes of the body, in order; BODY gets them in chunks.
         """
-        conversation = self._conversation
-        if (
-            "BODY" in conversation.skippable
-            and conversation.hooks.idle
-            and self._bodyPos >= len(self._bodyQueue)
-        ):
-            # No BODY hook and nothing waiting: count the bytes now, as the
-            # pump would at once, instead of queueing them for it.
-            if data:
-                self.count(len(data))
+        # Counted as they come, whatever waits for BODY: where the limit is
+        # passed must not depend on how the stream was read.
+        if data and not self.count(len(data)):
             return
+        conversation = self._conversation
+        if "BODY" in conversation.skippable:
+            return  # no BODY hook: counted, nothing to hand over
         if self._bodyPos < len(self._bodyQueue):
             data = self._bodyQueue[self._bodyPos :] + data
         self._bodyQueue = data
@@ -249,8 +245,7 @@ class Content:
             piece = body[start : start + size] if start or len(body) > size else body
             self._bodyPos = start + len(piece)
             self._conversation.hooks.now(self._pumpBody)
-            if self.count(len(piece)):
-                self._contentHook("BODY", (piece,))
+            self._contentHook("BODY", (piece,))
             return
         self._bodyQueue = b""
         self._bodyPos = 0

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING
 
 from ..core.results import MessageResult
 from ..reply import Reply
-from .framing import BodyScanner, hasBareLineEnding, normalizeLineEndings
+from .framing import (
+    BodyScanner,
+    firstBareLineEnding,
+    hasBareLineEnding,
+    normalizeLineEndings,
+)
 
 if TYPE_CHECKING:
     from ..core.content import Content
@@ -151,7 +156,14 @@ class DataReader:
         body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         if body and hasBareLineEnding(body):
             if wire.settings.bareLineEndings == "reject":
+                # The bytes before it count first, as they would had they
+                # come in a read of their own: the refusal must not depend
+                # on how TCP split the stream (a size limit passed before
+                # the bare line ending wins).
+                cut = firstBareLineEnding(body)
+                self.content.body(body[:cut])
                 self.content.refuse(BARE_LINE_ENDING)
+                body = body[cut:]
             else:
                 body = normalizeLineEndings(body)
         self.content.body(body)

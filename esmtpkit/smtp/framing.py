@@ -10,7 +10,16 @@ are ordinary content.
 
 from __future__ import annotations
 
-__all__ = ["BodyScanner", "hasBareLineEnding", "normalizeLineEndings"]
+import re
+
+__all__ = [
+    "BodyScanner",
+    "hasBareLineEnding",
+    "firstBareLineEnding",
+    "normalizeLineEndings",
+]
+
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 
 def hasBareLineEnding(data: bytes) -> bool:
@@ -19,6 +28,15 @@ def hasBareLineEnding(data: bytes) -> bool:
     """
     newlines = data.count(b"\n")
     return newlines != data.count(b"\r") or newlines != data.count(b"\r\n")
+
+
+def firstBareLineEnding(data: bytes) -> int:
+    """
+    Where the first CR or LF of C{data} that is not part of a CRLF is, or
+    -1 if there is none.
+    """
+    found = _BARE.search(data)
+    return -1 if found is None else found.start()
 
 
 def normalizeLineEndings(data: bytes) -> bytes:
