@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-from datetime import UTC, datetime
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -178,7 +178,9 @@ def _header(
         esmtp=True,
     )
     params = Params({"SMTPUTF8": None} if utf8 else {})
-    transaction = Transaction(id=transactionId, sender="a@example.org", mailParams=params)
+    transaction = Transaction(
+        id=transactionId, sender="a@example.org", mailParams=params
+    )
     if recipient is not None:
         transaction.recipients.append(Recipient(recipient))
     return receivedHeader(session, transaction, WHEN)
@@ -215,7 +217,9 @@ def test_receivedHeaderUTF8() -> None:
     and recipient), and becomes '?' without it; a recipient that is not a
     valid mailbox is left out.
     """
-    with8 = _header(helo="m\u00fcller.example", recipient="j\u00f6rg@example.org", utf8=True)
+    with8 = _header(
+        helo="m\u00fcller.example", recipient="j\u00f6rg@example.org", utf8=True
+    )
     assert with8.startswith("Received: from m\u00fcller.example (".encode())
     assert "for <j\u00f6rg@example.org>;".encode() in with8
     without = _header(helo="m\u00fcller.example", recipient="j\u00f6rg@example.org")
@@ -235,7 +239,7 @@ def test_headerTokenCutsWholeCharacters() -> None:
 
 _anyText = st.text(st.characters(codec=None), max_size=2000)
 _hostileText = st.text(
-    st.sampled_from(list("\r\n\t ();<>\\\"\x00\x7f\u0085\u2028é€a.-[]:@") + ["\udcff"]),
+    st.sampled_from(list('\r\n\t ();<>\\"\x00\x7f\u0085\u2028é€a.-[]:@') + ["\udcff"]),
     max_size=1500,
 )
 _clientText = st.one_of(_anyText, _hostileText)
