@@ -201,6 +201,8 @@ class ListenerService(Service):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         self._listenOrReport()
+        if self.port is not None:
+            claimLock(self.port)  # before twistd drops privileges
 
     def startService(self) -> None:
         super().startService()

@@ -160,17 +160,24 @@ class WorkerSupervisor(Service):
             self._listening = []
             raise
 
-    def startService(self) -> None:
-        super().startService()
+    def _open(self) -> None:
+        from .listeners import claimLock
+
         try:
             self.listen()
         except Exception as e:
             log.critical("{message}", message=getattr(e, "message", str(e)))
             raise
-        from .listeners import claimLock
-
         for port in self._listening:
             claimLock(port)
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._open()  # before twistd drops privileges
+
+    def startService(self) -> None:
+        super().startService()
+        self._open()
         fds = [port.fileno() for port in self._listening]
         spawner: Any = _SpawnWithSockets(self._reactor, fds)
         self.monitor = ProcessMonitor(reactor=spawner)
