@@ -284,3 +284,36 @@ async def waitUntil(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await deferLater(reactor, interval, lambda: None)
+
+
+def processesIn(folder: Path) -> list[int]:
+    """
+    The live processes whose working directory is C{folder} or below it:
+    a test that starts its processes in its own directory finds them all
+    this way, daemons and workers included.
+    """
+    here = os.path.realpath(folder)
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:  # gone, or a zombie
+            continue
+        if cwd == here or cwd.startswith(here + os.sep):
+            found.append(int(entry))
+    return found
+
+
+def waitGone(folder: Path, timeout: float = 15.0) -> list[int]:
+    """
+    Wait until no process runs in C{folder}; return those still there after
+    C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left = processesIn(folder)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)

@@ -12,11 +12,14 @@ import base64
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, succeed
@@ -547,6 +550,101 @@ def test_scramCommandIterations() -> None:
     bad = _runScram("erin", "lots", stdin="pw\n")
     assert bad.returncode != 0
     assert "usage" in bad.stderr.lower()
+
+
+def test_scramCommandRefusesEmptyPassword() -> None:
+    """
+    An empty password (no input at all, or an empty line) is refused with
+    exit status 1 and no verifier: otherwise AUTH with an empty password
+    would succeed.
+    """
+    for stdin in ("", "\n", "\r\n"):
+        result = _runScram("bob", stdin=stdin)
+        assert result.returncode == 1, (stdin, result)
+        assert result.stdout == ""
+        assert "empty password" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "user",
+    ["a:b", "", " bob", "bob ", "b\tb", "a\nb", "a\rb", "#x", "x\x01y", "x\u2028y"],
+    ids=repr,
+)
+def test_scramCommandRefusesUnstorableUser(user: str) -> None:
+    """
+    A user name the file cannot hold as given (a colon ends the name,
+    lines are stripped and split at line breaks, '#' starts a comment; no
+    white space or control characters at all) is refused with exit status
+    2 and the usage, and no verifier.
+    """
+    result = _runScram("--", user, stdin="secret\n")
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    assert "usage: python -m esmtpkit scram" in result.stderr
+
+
+@given(user=st.text(max_size=40), password=st.text(min_size=1, max_size=20))
+@settings(max_examples=200, deadline=None)
+def test_storableUserNamesRoundTrip(user: str, password: str) -> None:
+    """
+    Every name checkUserName accepts reads back from a file line as that
+    same user, with the password.
+    """
+    if scram.checkUserName(user) is not None:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "users"
+        line = f"{user}:{makeVerifier(password, iterations=4096).toText()}\n"
+        path.write_text(line, encoding="utf-8")
+        checker = ScramFileChecker(str(path))
+        assert list(checker._users) == [user]
+        d = checker.requestAvatarId(
+            UsernamePassword(user.encode("utf-8"), password.encode("utf-8"))
+        )
+        assert _result(d) == user.encode("utf-8")
+
+
+def test_checkUserNameAcceptsOrdinaryNames() -> None:
+    """
+    Ordinary names, with dots, @, dashes, '=' and ',' (which SCRAM escapes
+    on the wire) and non-ASCII letters, are storable.
+    """
+    for user in ("bob", "alice@example.org", "-dash", "a=b,c", "j\u00f6rg", "a#b"):
+        assert scram.checkUserName(user) is None, user
+
+
+def test_scramCommandHelpAndFlags() -> None:
+    """
+    --help and -h print the usage on standard output and exit 0 without
+    reading a password; an unknown flag exits 2 with the usage; a name
+    starting with '-' goes after '--'.
+    """
+    for flag in ("--help", "-h"):
+        result = _runScram(flag, stdin="secret\n")
+        assert result.returncode == 0, result
+        assert result.stdout.startswith("usage: python -m esmtpkit scram")
+        assert "SCRAM-SHA-256$" not in result.stdout
+        again = _runScram("bob", flag, stdin="secret\n")
+        assert again.returncode == 0 and "SCRAM-SHA-256$" not in again.stdout
+    for flag in ("--bogus", "-x"):
+        bad = _runScram(flag, "bob", stdin="secret\n")
+        assert bad.returncode == 2, bad
+        assert bad.stdout == ""
+        assert f"unknown option {flag!r}" in bad.stderr
+        assert "usage: python -m esmtpkit scram" in bad.stderr
+    dashed = _runScram("--", "-dash", stdin="secret\n")
+    assert dashed.returncode == 0, dashed
+    assert dashed.stdout.startswith("-dash:SCRAM-SHA-256$4096:")
+
+
+def test_scramCommandIterationsAtLeast4096() -> None:
+    """
+    Fewer than 4096 iterations (RFC 7677's minimum), or zero, are refused.
+    """
+    for count in ("0", "1", "4095", "\u0661\u0662"):
+        result = _runScram("erin", count, stdin="pw\n")
+        assert result.returncode == 2, (count, result)
+        assert "at least 4096" in result.stderr
 
 
 # -- user enumeration by timing -----------------------------------------------

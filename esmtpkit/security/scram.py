@@ -37,6 +37,7 @@ __all__ = [
     "ScramFileChecker",
     "ScramServerExchange",
     "makeVerifier",
+    "checkUserName",
     "DEFAULT_ITERATIONS",
 ]
 
@@ -343,20 +344,96 @@ class ScramServerExchange:
         return _ScramCredentials(self.username, valid), final
 
 
+USAGE = "usage: python -m esmtpkit scram [-h] [--] USER [ITERATIONS]"
+
+_HELP = f"""{USAGE}
+
+Print a line for --auth scram-file:PATH: USER, a colon, and the
+SCRAM-SHA-256 verifier (salt, iteration count and keys, not the password)
+of a password read from the terminal, or from the first line of standard
+input when it is not a terminal. ITERATIONS is the PBKDF2 iteration count,
+at least {DEFAULT_ITERATIONS} (the default, RFC 7677's minimum).
+
+USER must be storable in the file: not empty, without ':' (which ends the
+name), white space or control characters, and not starting with '#' (a
+comment line). An empty password is refused. A USER that starts with '-'
+goes after '--'."""
+
+
+def checkUserName(user: str) -> str | None:
+    """
+    Why C{user} cannot be a user name of a L{ScramFileChecker} file (one
+    C{user:verifier} line, stripped, split at the first colon), or L{None}
+    if it can.
+    """
+    if not user:
+        return "the user name is empty"
+    if ":" in user:
+        return "a user name cannot contain ':' (it ends the name in the file)"
+    if user.startswith("#"):
+        return "a user name cannot start with '#' (a comment line in the file)"
+    for char in user:
+        if char.isspace() or not char.isprintable():
+            return (
+                "a user name cannot contain white space or control characters "
+                f"({char!r})"
+            )
+    try:
+        user.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the user name is not valid UTF-8"
+    return None
+
+
+def _usageError(message: str) -> int:
+    print(f"python -m esmtpkit scram: {message}", file=sys.stderr)
+    print(USAGE, file=sys.stderr)
+    return 2
+
+
 def main(args: list[str]) -> int:
     """
-    C{python -m esmtpkit scram USER [ITERATIONS]}: print a file line for
-    L{ScramFileChecker}.
+    C{python -m esmtpkit scram [-h] [--] USER [ITERATIONS]}: print a file
+    line for L{ScramFileChecker}.
+
+    @return: the exit status: 0, 1 for a refused password, 2 for bad
+        arguments (with the usage on standard error).
     """
     import getpass
 
-    if not 1 <= len(args) <= 2 or (len(args) == 2 and not args[1].isdigit()):
-        print("usage: python -m esmtpkit scram USER [ITERATIONS]", file=sys.stderr)
-        return 2
-    iterations = int(args[1]) if len(args) == 2 else DEFAULT_ITERATIONS
+    positional: list[str] = []
+    options = True
+    for arg in args:
+        if options and arg == "--":
+            options = False
+        elif options and arg in ("-h", "--help"):
+            print(_HELP)
+            return 0
+        elif options and arg.startswith("-") and arg != "-":
+            return _usageError(f"unknown option {arg!r}")
+        else:
+            positional.append(arg)
+    if not 1 <= len(positional) <= 2:
+        return _usageError("expected USER and at most an ITERATIONS count")
+    user = positional[0]
+    problem = checkUserName(user)
+    if problem is not None:
+        return _usageError(f"{problem}: {user!r}")
+    iterations = DEFAULT_ITERATIONS
+    if len(positional) == 2:
+        count = positional[1]
+        if not (count.isascii() and count.isdigit()) or int(count) < DEFAULT_ITERATIONS:
+            return _usageError(
+                f"ITERATIONS must be a whole number of at least {DEFAULT_ITERATIONS}:"
+                f" {count!r}"
+            )
+        iterations = int(count)
     if sys.stdin.isatty():
-        password = getpass.getpass(f"Password for {args[0]}: ")
+        password = getpass.getpass(f"Password for {user}: ")
     else:
         password = sys.stdin.readline().rstrip("\r\n")
-    print(f"{args[0]}:{makeVerifier(password, iterations=iterations).toText()}")
+    if not password:
+        print("python -m esmtpkit scram: an empty password is refused", file=sys.stderr)
+        return 1
+    print(f"{user}:{makeVerifier(password, iterations=iterations).toText()}")
     return 0

@@ -9,7 +9,6 @@ import signal
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.cred.portal import Portal
 from twisted.logger import Logger
@@ -18,6 +17,7 @@ from ..security.tls import ServerTLS
 from ..settings import Settings
 from .endpoints import serverFromDescription, splitWire
 from .factory import ESMTPFactory, HandlerFactory, LMTPFactory
+from .listeners import ListenerService, listenAll
 from .workers import AdoptedPortService, ParentWatchService
 
 __all__ = ["ESMTPService", "DEFAULT_PORT"]
@@ -108,8 +108,8 @@ class ESMTPService(MultiService):
         for description in ports:
             wire, rest = splitWire(description)
             endpoint = serverFromDescription(reactor, rest, tls)
-            StreamServerEndpointService(
-                endpoint, self._factoryFor(wire)
+            ListenerService(
+                endpoint, self._factoryFor(wire), description
             ).setServiceParent(self)
         for fd, description in inherited:
             AdoptedPortService(
@@ -121,6 +121,17 @@ class ESMTPService(MultiService):
             ).setServiceParent(self)
         if inherited:
             ParentWatchService(reactor).setServiceParent(self)
+
+    def listen(self) -> None:
+        """
+        Open every listening socket now, before the service starts (which
+        would open them otherwise); they accept connections once it has
+        started. C{twistd esmtpkit} calls this before it forks.
+
+        @raise esmtpkit.server.listeners.CannotListen: one cannot be opened
+            (the others opened are closed again).
+        """
+        listenAll(s for s in self if isinstance(s, ListenerService))
 
     def _factoryFor(self, wire: str) -> ESMTPFactory:
         if wire == "lmtp":

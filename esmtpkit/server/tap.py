@@ -15,7 +15,6 @@ from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.python import usage
-from twisted.python.reflect import namedAny
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyClass
 
@@ -25,8 +24,10 @@ from ..security.scram import IScramSHA256Credentials, ScramFileChecker
 from ..security.tls import ServerTLS, TLSConfigurationError
 from ..settings import Settings
 from . import metrics
+from .listeners import openBeforeFork
 from .optionvalues import EXTENSIONS, OPTION_OF, SETTINGS, asBytes
 from .service import DEFAULT_PORT, ESMTPService
+from .startup import StartupError, resolveName
 from .workers import WorkerSupervisor, cores, listeningDescription
 
 __all__ = ["Options", "makeService"]
@@ -122,6 +123,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["inherited"] = []
         self["workers"] = 1
         self._arguments: list[str] = []
+
+    opt_h = usage.Options.opt_help
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         self._arguments = list(sys.argv[1:] if options is None else options)
@@ -290,29 +293,21 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             ) from None
 
     def _handlerFactory(self) -> Any:
+        # Problems with the handler are StartupErrors: one line, no usage.
         name = self["handler"]
-        try:
-            handler = namedAny(name)
-        except (ImportError, AttributeError, ValueError) as e:
-            raise usage.UsageError(
-                f"--handler {name}: cannot import it ({e})"
-            ) from None
-        except Exception as e:
-            raise usage.UsageError(
-                f"--handler {name}: importing it failed: {type(e).__name__}: {e}"
-            ) from None
+        handler = resolveName(name)
         if inspect.isclass(handler):
             if not IESMTPHandler.implementedBy(handler):
-                raise usage.UsageError(
+                raise StartupError(
                     f"--handler {name}: {handler.__name__} does not implement "
                     "esmtpkit.IESMTPHandler (subclass esmtpkit.ESMTPHandler)"
                 )
             try:
                 verifyClass(IESMTPHandler, handler)
             except Invalid as e:
-                raise usage.UsageError(f"--handler {name}: {e}") from None
+                raise StartupError(f"--handler {name}: {e}") from None
         elif not callable(handler):
-            raise usage.UsageError(
+            raise StartupError(
                 f"--handler {name}: not a class or callable but {handler!r}"
             )
         fromOptions = getattr(handler, "fromOptions", None)
@@ -376,10 +371,14 @@ def makeService(options: Options) -> IService:
     The service that C{twistd esmtpkit} runs.
     """
     raiseFileLimit()
+    service: IService
     if options["workers"] > 1:
         supervisor = WorkerSupervisor(
             options["workers"], options["ports"], options.workerArguments()
         )
+        # Listen now, before twistd forks: a port that cannot be opened
+        # stops start-up with one line (esmtpkit.server.listeners).
+        openBeforeFork(supervisor, options)
         if options["metrics"] is None:
             return supervisor
         return metrics.SupervisedMetrics(supervisor, options["metrics"])
@@ -393,4 +392,5 @@ def makeService(options: Options) -> IService:
     )
     if options["metrics"] is not None:
         metrics.serveMetrics(service, options["metrics"], bool(options["inherited"]))
+    openBeforeFork(service, options)
     return service

@@ -148,19 +148,59 @@ class WorkerSupervisor(Service):
         self.workerEnv: dict[str, str] = {}
         self.workerExited: list[Callable[[int], None]] = []
 
+    def listen(self) -> None:
+        """
+        Open every listening socket (the workers accept on them, not this
+        process), if not done yet. C{twistd esmtpkit} calls this before it
+        forks; otherwise L{startService} does.
+
+        @raise CannotListen: one cannot be opened (the others opened are
+            closed again), or its endpoint does not listen at once.
+        """
+        from .listeners import CannotListen, closeNow, listenNow
+
+        if self._listening:
+            return
+        refuse = Factory.forProtocol(_Refuse)
+        refuse.noisy = False
+        try:
+            for description in self.ports:
+                endpoint = serverFromString(
+                    self._reactor, listeningDescription(description)
+                )
+                port = listenNow(endpoint, refuse, description)
+                if isinstance(port, Deferred):
+                    port.addErrback(lambda failure: None)
+                    port.cancel()
+                    raise CannotListen(
+                        description, "--workers needs a listener that opens at once"
+                    )
+                port.stopReading()  # type: ignore[attr-defined]
+                self._listening.append(port)
+        except CannotListen:
+            for port in self._listening:
+                closeNow(port)
+            self._listening = []
+            raise
+
+    def _open(self) -> None:
+        from .listeners import claimLock
+
+        try:
+            self.listen()
+        except Exception as e:
+            log.critical("{message}", message=getattr(e, "message", str(e)))
+            raise
+        for port in self._listening:
+            claimLock(port)
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._open()  # before twistd drops privileges
+
     def startService(self) -> None:
         super().startService()
-        for description in self.ports:
-            endpoint = serverFromString(
-                self._reactor, listeningDescription(description)
-            )
-            listening: list[Any] = []
-            refuse = Factory.forProtocol(_Refuse)
-            refuse.noisy = False
-            endpoint.listen(refuse).addCallback(listening.append)
-            port = listening[0]  # TCP and UNIX endpoints listen at once
-            port.stopReading()  # the workers accept, not this process
-            self._listening.append(port)
+        self._open()
         fds = [port.fileno() for port in self._listening]
         spawner: Any = _SpawnWithSockets(self._reactor, fds, self.workerExited)
         self.monitor = ProcessMonitor(reactor=spawner)

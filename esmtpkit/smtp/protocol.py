@@ -21,6 +21,7 @@ from zope.interface import implementer
 from ..core.content import Content
 from ..reply import Reply, ReplyError, formatLines
 from ..session import Params
+from .address import MAX_DOMAIN
 from .command import checkMailbox, parseParams, parsePath, splitCommand
 from .connection import REFUSED, SMTPConnection
 from .data import ChunkReader, DataReader
@@ -61,6 +62,9 @@ _TOO_MANY_RECIPIENTS = Reply(452, "Too many recipients", enhanced="4.5.3")
 _NO_SERVICE = Reply(503, "Error: no service on this connection", enhanced="5.5.1")
 _BARE_LF = Reply(500, "Bare LF in command; lines must end with CRLF", enhanced="5.5.2")
 _BARE_CR = Reply(500, "Bare CR in command", enhanced="5.5.2")
+_HELO_TOO_LONG = Reply(
+    501, f"Domain name too long (at most {MAX_DOMAIN} octets)", enhanced="5.5.2"
+)
 
 
 @implementer(IHandshakeListener)
@@ -212,6 +216,13 @@ class ESMTPProtocol(SMTPConnection):
             return
         if not arg.isprintable() or " " in arg:
             self.writeReply(_syntax("Invalid domain name"))
+            return
+        if len(arg) > MAX_DOMAIN or (
+            not arg.isascii() and len(arg.encode("utf-8")) > MAX_DOMAIN
+        ):
+            # RFC 5321 4.5.3.1.2: a domain has at most 255 octets; the name
+            # goes into Received: headers, which must stay well formed.
+            self.writeReply(_HELO_TOO_LONG)
             return
 
         def greeted(reply: Reply) -> None:
