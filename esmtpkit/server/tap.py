@@ -365,7 +365,10 @@ def makeService(options: Options) -> IService:
     raiseFileLimit()
     if options["workers"] > 1:
         return WorkerSupervisor(
-            options["workers"], options["ports"], options.workerArguments()
+            options["workers"],
+            options["ports"],
+            options.workerArguments(),
+            shutdownTimeout=options["settings"].shutdownTimeout,
         )
     return ESMTPService(
         options["handlerFactory"],
@@ -374,4 +377,5 @@ def makeService(options: Options) -> IService:
         tls=options["tls"],
         portal=options["portal"],
         inherited=options["inherited"],
+        handleSIGTERM=True,
     )
