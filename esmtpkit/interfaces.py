@@ -152,8 +152,9 @@ class IESMTPHandler(Interface):
         """
         The current transaction ended without EOM: RSET, a new HELO/EHLO,
         QUIT, the end of the connection, or a refused message (a content hook
-        raised, a limit was exceeded). Release what the transaction holds. No
-        reply is sent.
+        raised, a limit was exceeded); also after an EOM that the shutdown
+        deadline cancelled (its message was not acknowledged: do not keep
+        it). Release what the transaction holds. No reply is sent.
         """
 
     def RSET() -> Any:

@@ -63,6 +63,10 @@ class Settings:
         address; more get 421 4.7.0 (0 for no limit).
     @ivar connectionLimitExempt: networks (CIDR) the per-peer limit does not
         apply to.
+    @ivar shutdownTimeout: seconds the transactions in flight get to finish
+        when the server shuts down (SIGTERM, C{stopService}); idle sessions
+        get 421 4.3.2 at once, and at the deadline every remaining one does
+        (see docs/shutdown.md). 0: close every connection at once.
     @ivar greetingDelay: seconds to wait before the greeting; a client that
         talks first gets 554 5.5.0 and is disconnected (0: greet at once).
     @ivar enforceSync: answer 554 5.5.0 and disconnect a client that sends
@@ -108,6 +112,7 @@ class Settings:
     maxConnections: int = 1000
     maxConnectionsPerPeer: int = 50
     connectionLimitExempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    shutdownTimeout: float = 30.0
     greetingDelay: float = 0.0
     enforceSync: bool = True
     requireTLS: bool = False
@@ -144,6 +149,7 @@ class Settings:
             "maxConnections",
             "maxConnectionsPerPeer",
             "greetingDelay",
+            "shutdownTimeout",
             "maxAuthFailures",
         )
         for name in nonNegative:

@@ -57,6 +57,9 @@ class Conversation:
         per recipient (LMTP); if not (SMTP), a L{PerRecipient} result
         becomes one reply (L{MessageResult.single}) before anything counts
         it.
+    @ivar interrupted: whether the server cut the conversation short
+        (L{interrupt}): nothing a hook answers from then on reaches the
+        client, and no message is accepted.
     """
 
     __slots__ = (
@@ -68,6 +71,7 @@ class Conversation:
         "events",
         "skippable",
         "perRecipient",
+        "interrupted",
     )
 
     def __init__(
@@ -85,6 +89,7 @@ class Conversation:
         self.hooks: HookRunner = None  # type: ignore[assignment]
         self.skippable: frozenset[str] = frozenset()
         self.perRecipient = False
+        self.interrupted = False
 
     # -- the handler ------------------------------------------------------
 
@@ -232,6 +237,8 @@ class Conversation:
         queue): ask EOM, unless the message was refused already, and end the
         transaction. C{then} gets a reply per accepted recipient.
         """
+        if self.interrupted:
+            return  # no EOM: the transaction stays open for ABORT
         session = self.session
         transaction = content.transaction
         transaction.size = content.size
@@ -240,6 +247,10 @@ class Conversation:
             return
 
         def answered(value: Reply | PerRecipient) -> None:
+            if self.interrupted:
+                # Too late: the client was told 421 and is gone. The message
+                # is not accepted; the open transaction ends with ABORT.
+                return
             if type(value) is PerRecipient:
                 result = self._perRecipient(transaction, value)
                 if not self.perRecipient:
@@ -274,21 +285,43 @@ class Conversation:
 
     # -- the end of the connection ------------------------------------------
 
-    def close(self) -> None:
+    def interrupt(self) -> None:
+        """
+        The server ends the conversation now, whatever is in flight (the
+        shutdown deadline): the hook in flight, if any, is cancelled (its
+        Deferred, or the coroutine at its C{await}; not ABORT or DISCONNECT
+        once L{close} has started them), and nothing it or any later hook
+        answers counts. An EOM in flight does not accept the
+        message: the transaction stays open, so L{close} ends it with
+        ABORT. Call it once the face has stopped writing replies.
+        """
+        if self.interrupted:
+            return
+        self.interrupted = True
+        if self.hooks is not None:
+            self.hooks.cancel()
+
+    def close(self, then: Callable[[], None] | None = None) -> None:
         """
         The connection is gone: the hook in flight finishes, then ABORT if a
-        transaction is open, then DISCONNECT, then C{connectionClosed}.
+        transaction is open, then DISCONNECT, then C{connectionClosed}, then
+        C{then}.
         """
         if self.hooks is None:
-            self._closed()
+            self._closed(then)
             return
-        self.hooks.close(self.abortStep, self._disconnectStep)
-
-    def _disconnectStep(self) -> None:
-        self.hooks.invoke(
-            "DISCONNECT", (), self.hooks.notify("DISCONNECT", self._closed)
+        hooks = self.hooks
+        hooks.close(
+            self.abortStep,
+            lambda: hooks.invoke(
+                "DISCONNECT",
+                (),
+                hooks.notify("DISCONNECT", lambda: self._closed(then)),
+            ),
         )
 
-    def _closed(self) -> None:
+    def _closed(self, then: Callable[[], None] | None) -> None:
         for notify in self.events.connectionClosed:
             notify(self.session)
+        if then is not None:
+            then()

@@ -100,7 +100,8 @@ class ServerObserver:
     def connectionRefused(self, session: Session, limit: str, reply: Reply) -> None:
         """
         A connection over a connection limit (C{"connections"} or
-        C{"connections-per-ip"}) got C{reply} and is closed.
+        C{"connections-per-ip"}), or made while the server shuts down
+        (C{"shutdown"}), got C{reply} and is closed.
         """
 
     def connectionClosed(self, session: Session) -> None:

@@ -32,13 +32,18 @@ from .results import PerRecipient
 if TYPE_CHECKING:
     from .conversation import Conversation
 
-__all__ = ["HookRunner", "HOOK_FAILED", "HOOK_TIMEOUT"]
+__all__ = ["HookRunner", "HOOK_FAILED", "HOOK_TIMEOUT", "SHUTTING_DOWN"]
 
 Step = Callable[[], None]
 Done = Callable[[Any], None]
 
 HOOK_FAILED = Reply(451, "Requested action aborted: local error", enhanced="4.3.0")
 HOOK_TIMEOUT = Reply(451, "Requested action aborted: timed out", enhanced="4.3.0")
+SHUTTING_DOWN = Reply(421, "Service shutting down", enhanced="4.3.2")
+"""
+What a hook cancelled by the shutdown deadline stands for (never sent: the
+connection is closed by then).
+"""
 
 _PLAIN_RESULTS = (Reply, tuple)
 _ENHANCED_OK = {"MAIL": "2.1.0", "RCPT": "2.1.5", "VRFY": "2.5.0"}
@@ -146,6 +151,18 @@ class HookRunner:
         self._final = final
         if self.pending is None:
             self._runFinal()
+
+    def cancel(self) -> None:
+        """
+        Drop the queued steps and cancel the hook in flight (its Deferred;
+        a coroutine at its C{await}) -- unless the final steps of L{close}
+        (ABORT, DISCONNECT) have started: they clean up, and are let finish.
+        """
+        if self._final is not None and not self._final:
+            return
+        self._steps = ()
+        if self.pending is not None:
+            self.pending.cancel()
 
     def _runFinal(self) -> None:
         final, self._final = self._final, ()
@@ -270,6 +287,8 @@ class HookRunner:
         if isinstance(failure.value, ReplyError):
             return failure.value.reply
         conversation = self._conversation
+        if conversation.interrupted and failure.check(CancelledError):
+            return SHUTTING_DOWN  # cancelled by the shutdown, not a timeout
         if failure.check(DeferredTimeout, CancelledError):
             for notify in conversation.events.limitReached:
                 notify(conversation.session, "hook-timeout", f"hook {name} timed out")

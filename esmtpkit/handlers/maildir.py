@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from twisted.internet import threads
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
 from ..handler import ESMTPHandler
@@ -39,7 +41,9 @@ class Maildir(ESMTPHandler):
     Writes each message, after a C{Received:} header, into C{tmp/} of a
     Maildir as it streams in, and on EOM flushes it to disk and moves it
     into C{new/} before answering 250. A message that does not complete
-    leaves nothing behind.
+    leaves nothing behind: not one aborted (ABORT, DISCONNECT), nor one
+    whose EOM is cancelled while the flush runs (a hook timeout, the
+    shutdown deadline), which is then removed instead of moved.
 
     One message per transaction, whatever the number of recipients: this is
     a catch-all mailbox.
@@ -58,6 +62,7 @@ class Maildir(ESMTPHandler):
         self.fsync = fsync
         self._file: IO[bytes] | None = None
         self._tmpPath = ""
+        self._commit: _Commit | None = None
         if self.path not in self._prepared:
             for sub in ("tmp", "new", "cur"):
                 os.makedirs(os.path.join(self.path, sub), exist_ok=True)
@@ -99,38 +104,108 @@ class Maildir(ESMTPHandler):
         file, tmpPath = self._file, self._tmpPath
         self._file = None
         self._tmpPath = ""
-        name = os.path.basename(tmpPath)
+        newPath = os.path.join(self.path, "new", os.path.basename(tmpPath))
         reply = super().EOM()
-
-        def commit() -> HookResult:
+        if not self.fsync:
             try:
-                file.flush()
-                if self.fsync:
-                    os.fsync(file.fileno())
                 file.close()
-                os.rename(tmpPath, os.path.join(self.path, "new", name))
+                os.rename(tmpPath, newPath)
             except BaseException:
                 file.close()
                 _unlink(tmpPath)
                 raise
             return reply
+        commit = self._commit = _Commit(file, tmpPath, newPath)
+        return commit.start(reply)
 
-        if self.fsync:
-            return threads.deferToThread(commit)
-        return commit()
+    def ABORT(self) -> HookResult:
+        return self._discard()
 
-    def ABORT(self) -> None:
-        self._discard()
+    def DISCONNECT(self) -> HookResult:
+        return self._discard()
 
-    def DISCONNECT(self) -> None:
-        self._discard()
-
-    def _discard(self) -> None:
+    def _discard(self) -> Deferred[None] | None:
         if self._file is not None:
             self._file.close()
             self._file = None
             _unlink(self._tmpPath)
             self._tmpPath = ""
+        commit, self._commit = self._commit, None
+        if commit is not None and not commit.finished:
+            # An EOM whose answer was not taken (cancelled): wait until its
+            # flush is over and the file is gone.
+            return commit.wait()
+        return None
+
+
+class _Commit:
+    """
+    Delivers one message: the flush to stable storage runs in a thread,
+    then, back in the reactor thread, the file is moved into C{new/} and
+    the EOM's Deferred fires with its reply -- unless that Deferred was
+    cancelled meanwhile (a hook timeout, the shutdown deadline), in which
+    case the file is removed instead: a message is in C{new/} only if its
+    acknowledgement could still go out.
+    """
+
+    def __init__(self, file: IO[bytes], tmpPath: str, newPath: str) -> None:
+        self._file = file
+        self._tmpPath = tmpPath
+        self._newPath = newPath
+        self._cancelled = False
+        self.finished = False
+        self._waiting: list[Deferred[None]] = []
+
+    def start(self, reply: HookResult) -> Deferred[HookResult]:
+        result: Deferred[HookResult] = Deferred(self._cancel)
+        synced = threads.deferToThread(self._sync)
+        synced.addBoth(self._synced, result, reply)
+        return result
+
+    def _cancel(self, result: Deferred[HookResult]) -> None:
+        # The canceller: the file is dealt with once the thread is done
+        # with it; the Deferred fails with CancelledError meanwhile.
+        self._cancelled = True
+
+    def _sync(self) -> None:
+        # In a thread; the reactor thread does not touch the file until
+        # this is over.
+        file = self._file
+        file.flush()
+        os.fsync(file.fileno())
+
+    def _synced(
+        self, outcome: object, result: Deferred[HookResult], reply: HookResult
+    ) -> None:
+        failure: Failure | None = outcome if isinstance(outcome, Failure) else None
+        try:
+            self._file.close()
+            if failure is None and not self._cancelled:
+                os.rename(self._tmpPath, self._newPath)
+        except BaseException:
+            failure = Failure()
+        if failure is not None or self._cancelled:
+            _unlink(self._tmpPath)
+        self.finished = True
+        waiting, self._waiting = self._waiting, []
+        for deferred in waiting:
+            deferred.callback(None)
+        if self._cancelled:
+            return  # the result failed with CancelledError already
+        if failure is not None:
+            result.errback(failure)
+        else:
+            result.callback(reply)
+
+    def wait(self) -> Deferred[None]:
+        """
+        A Deferred that fires when the message is in C{new/} or removed.
+        """
+        if self.finished:
+            return succeed(None)
+        deferred: Deferred[None] = Deferred()
+        self._waiting.append(deferred)
+        return deferred
 
 
 def _unlink(path: str) -> None:

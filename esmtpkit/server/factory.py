@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import ILogObserver, globalLogPublisher
@@ -23,6 +24,7 @@ from ..smtp.connection import SMTPConnection
 from ..smtp.lmtp import LMTP_SETTINGS, LMTPProtocol
 from ..smtp.protocol import ESMTPProtocol
 from .context import ServerContext
+from .drain import Drain
 from .idle import IdleTimer
 from .limits import ConnectionLimits
 from .log import LevelLogger
@@ -55,6 +57,7 @@ class ESMTPFactory(ServerFactory):
     @ivar tls: the L{ServerTLS}, or L{None}.
     @ivar authenticator: the L{Authenticator} over the AUTH portal, or
         L{None}.
+    @ivar draining: the L{Drain} of L{drain}, or L{None} before it.
     """
 
     protocol: type[SMTPConnection] = ESMTPProtocol
@@ -128,6 +131,7 @@ class ESMTPFactory(ServerFactory):
             tls=tls,
             authenticator=self.authenticator,
         )
+        self.draining: Drain | None = None
 
     @property
     def connections(self) -> dict[SMTPConnection, None]:
@@ -135,6 +139,29 @@ class ESMTPFactory(ServerFactory):
         The open connections (the keys of a dict, in the order they opened).
         """
         return self.context.limits.connections
+
+    def drain(self, timeout: float | None = None) -> Deferred[None]:
+        """
+        Shut this factory's connections down gracefully (stop its listeners
+        first): idle sessions get 421 4.3.2 and are closed at once, busy
+        ones as soon as their transaction ends; after C{timeout} seconds
+        (C{settings.shutdownTimeout} by default) every connection left gets
+        421 4.3.2 and is closed, its transaction aborted. Connections made
+        from now on are refused with 421 4.3.2.
+
+        @return: a Deferred that fires when every connection is gone and
+            its DISCONNECT hook has run (or a few seconds after the
+            deadline at the latest). A second call returns another
+            Deferred for the same drain.
+        """
+        if self.draining is None:
+            if timeout is None:
+                timeout = self.settings.shutdownTimeout
+            self.draining = Drain(
+                self.context.limits, self.clock, timeout, log=self.log
+            )
+            return self.draining.start()
+        return self.draining.wait()
 
     def buildProtocol(self, addr: IAddress | None) -> SMTPConnection:
         protocol = self.protocol(self.context)

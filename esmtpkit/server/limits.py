@@ -1,6 +1,8 @@
 """
 L{ConnectionLimits}: the open connections of a server, and the limits on
-how many there may be at once, in all and from one address.
+how many there may be at once, in all and from one address; and, for a
+graceful shutdown (L{Drain <esmtpkit.server.drain.Drain>}), the connections
+lost whose hooks have not finished yet.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from ..reply import Reply
 
 if TYPE_CHECKING:
     from ..settings import Settings
+    from .drain import Drain
 
 __all__ = ["ConnectionLimits"]
 
@@ -23,15 +26,28 @@ class ConnectionLimits:
     opened) and their count per peer address.
 
     @ivar connections: the open connections.
+    @ivar ending: the connections lost whose conversation has not closed
+        yet (a hook in flight, then ABORT and DISCONNECT, to finish).
+    @ivar drain: the L{Drain} under way, or L{None}: it is told when the
+        last connection has ended, and new connections are refused.
     """
 
-    __slots__ = ("connections", "_settings", "_perPeer", "_addresses")
+    __slots__ = (
+        "connections",
+        "ending",
+        "drain",
+        "_settings",
+        "_perPeer",
+        "_addresses",
+    )
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         # A dict used as an insertion-ordered set: at 10,000 connections a
         # dict takes 29 bytes per entry, a set 52.
         self.connections: dict[Any, None] = {}
+        self.ending: dict[Any, None] = {}
+        self.drain: Drain | None = None
         self._perPeer: dict[str, int] = {}
         self._addresses: dict[IAddress, IAddress] = {}
 
@@ -58,6 +74,10 @@ class ConnectionLimits:
         self.connections[connection] = None
         count = self._perPeer[peer] = self._perPeer.get(peer, 0) + 1
         host = settings.hostname
+        if self.drain is not None:
+            return "shutdown", Reply(
+                421, f"{host} Service shutting down", enhanced="4.3.2"
+            )
         if settings.maxConnections and len(self.connections) > settings.maxConnections:
             return "connections", Reply(
                 421, f"{host} Too many connections, try again later", enhanced="4.7.0"
@@ -74,10 +94,12 @@ class ConnectionLimits:
 
     def closed(self, connection: Any) -> bool:
         """
-        Forget a connection that is lost; returns whether none is left.
+        Forget a connection that is lost (it is L{ending} until L{ended});
+        returns whether none is left open.
         """
         if connection in self.connections:
             del self.connections[connection]
+            self.ending[connection] = None
             peer = connection.session.peerHost
             count = self._perPeer.get(peer, 0) - 1
             if count > 0:
@@ -85,3 +107,13 @@ class ConnectionLimits:
             else:
                 self._perPeer.pop(peer, None)
         return not self.connections
+
+    def ended(self, connection: Any) -> None:
+        """
+        The conversation of a lost connection has closed (DISCONNECT is
+        over).
+        """
+        self.ending.pop(connection, None)
+        drain = self.drain
+        if drain is not None and not self.connections and not self.ending:
+            drain.finished()

@@ -189,6 +189,14 @@ SETTINGS: list[tuple[str, str, Callable[[str], Any], str | None, str]] = [
         "554 5.5.0.",
     ),
     (
+        "shutdown-timeout",
+        "shutdownTimeout",
+        _seconds,
+        "30",
+        "Seconds the transactions in flight get to finish on SIGTERM; idle "
+        "sessions, and at the deadline all others, get 421 4.3.2 (0: at once).",
+    ),
+    (
         "max-auth-failures",
         "maxAuthFailures",
         _count,

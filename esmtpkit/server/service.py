@@ -11,6 +11,8 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
 from ..security.tls import ServerTLS
@@ -42,6 +44,10 @@ class ESMTPService(MultiService):
     @ivar factory: the L{ESMTPFactory} shared by all SMTP endpoints.
     @ivar lmtpFactory: the L{LMTPFactory} of the C{lmtp:} endpoints (with
         the same settings and observers), or L{None} if there are none.
+
+    L{stopService} shuts down gracefully: the listeners stop at once, then
+    every factory's connections are drained (L{ESMTPFactory.drain}) within
+    C{settings.shutdownTimeout}; its Deferred fires when that is over.
     """
 
     def __init__(
@@ -55,6 +61,7 @@ class ESMTPService(MultiService):
         portal: Portal | None = None,
         reloadOnSIGHUP: bool | None = None,
         inherited: Sequence[tuple[int, str]] = (),
+        handleSIGTERM: bool = False,
         **overrides: Any,
     ) -> None:
         """
@@ -75,6 +82,11 @@ class ESMTPService(MultiService):
             default, when there is something to reload.
         @param inherited: listening sockets inherited from a C{--workers}
             supervisor, as C{(file descriptor, port description)} pairs.
+        @param handleSIGTERM: while running, take SIGTERM: the first stops
+            the reactor (so that the process exits with status 0 once the
+            drain is over, instead of with the signal), a second one while
+            draining reaches the deadline at once. C{twistd esmtpkit} turns
+            it on; by default the program's own handler (Twisted's) stays.
         """
         super().__init__()
         if reactor is None:
@@ -105,6 +117,8 @@ class ESMTPService(MultiService):
             else tls is not None or portal is not None or bool(inherited)
         )
         self._previousHandler: Any = None
+        self._handleSIGTERM = handleSIGTERM
+        self._previousTERM: Any = None
         for description in ports:
             wire, rest = splitWire(description)
             endpoint = serverFromDescription(reactor, rest, tls)
@@ -132,6 +146,14 @@ class ESMTPService(MultiService):
             (the others opened are closed again).
         """
         listenAll(s for s in self if isinstance(s, ListenerService))
+
+    def factories(self) -> list[ESMTPFactory]:
+        """
+        The service's factories: L{factory}, then L{lmtpFactory} if any.
+        """
+        if self.lmtpFactory is None:
+            return [self.factory]
+        return [self.factory, self.lmtpFactory]
 
     def _factoryFor(self, wire: str) -> ESMTPFactory:
         if wire == "lmtp":
@@ -163,11 +185,54 @@ class ESMTPService(MultiService):
                 self._previousHandler = signal.signal(signal.SIGHUP, self._onSIGHUP)
             except ValueError:  # not the main thread
                 self._reloadOnSIGHUP = False
+        if self._handleSIGTERM:
+            # Once the reactor runs: it installs its own handler as it starts.
+            self._reactor.callWhenRunning(self._takeSIGTERM)
 
-    def stopService(self) -> Any:
+    def _takeSIGTERM(self) -> None:
+        if not self.running or not self._handleSIGTERM:
+            return
+        try:
+            self._previousTERM = signal.signal(signal.SIGTERM, self._onSIGTERM)
+        except ValueError:  # not the main thread
+            self._handleSIGTERM = False
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop listening at once, then drain every factory's connections.
+
+        @return: a Deferred that fires once the listeners are closed and
+            every connection is gone (at the latest a few seconds after
+            C{settings.shutdownTimeout}).
+        """
         if self._reloadOnSIGHUP and hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, self._previousHandler or signal.SIG_DFL)
-        return super().stopService()
+        listeners = super().stopService()
+        drained = [factory.drain() for factory in self.factories()]
+        done: Deferred[Any] = gatherResults([listeners, *drained])
+
+        def over(result: object) -> None:
+            if self._previousTERM is not None:
+                signal.signal(signal.SIGTERM, self._previousTERM)
+                self._previousTERM = None
+
+        done.addBoth(over)
+        return done
+
+    def _onSIGTERM(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self._terminate)
+
+    def _terminate(self) -> None:
+        if self.running:
+            log.info("esmtpkit: SIGTERM, shutting down")
+            try:
+                self._reactor.stop()
+            except ReactorNotRunning:
+                pass
+            return
+        for factory in self.factories():
+            if factory.draining is not None:
+                factory.draining.expire()
 
     def _onSIGHUP(self, signum: int, frame: Any) -> None:
         self._reactor.callFromThread(self.reload)

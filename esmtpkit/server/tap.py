@@ -374,7 +374,10 @@ def makeService(options: Options) -> IService:
     service: IService
     if options["workers"] > 1:
         supervisor = WorkerSupervisor(
-            options["workers"], options["ports"], options.workerArguments()
+            options["workers"],
+            options["ports"],
+            options.workerArguments(),
+            shutdownTimeout=options["settings"].shutdownTimeout,
         )
         # Listen now, before twistd forks: a port that cannot be opened
         # stops start-up with one line (esmtpkit.server.listeners).
@@ -389,6 +392,7 @@ def makeService(options: Options) -> IService:
         tls=options["tls"],
         portal=options["portal"],
         inherited=options["inherited"],
+        handleSIGTERM=True,
     )
     if options["metrics"] is not None:
         metrics.serveMetrics(service, options["metrics"], bool(options["inherited"]))

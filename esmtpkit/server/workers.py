@@ -8,11 +8,15 @@ adopts with C{reactor.adoptStreamPort}; the kernel spreads new connections
 among them. Each worker has its own reactor and handler instances. The
 parent supervises them with Twisted's L{ProcessMonitor} (a worker that dies
 is restarted, with a growing delay if it keeps dying), passes SIGHUP on, and
-stops them on shutdown.
+stops them on shutdown: SIGTERM to the parent is passed on to every worker,
+which drains its connections (see docs/shutdown.md); the parent waits for
+them up to the shutdown timeout and a margin (L{KILL_MARGIN}), then kills
+those left.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -23,6 +27,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import Factory, Protocol
@@ -30,11 +35,19 @@ from twisted.logger import Logger
 from twisted.runner.procmon import ProcessMonitor
 from zope.interface import implementer
 
+from .drain import GRACE
+
 __all__ = ["WorkerSupervisor", "AdoptedPortService", "listeningDescription", "cores"]
 
 log = Logger(namespace="esmtpkit")
 
 FIRST_FD = 3
+
+KILL_MARGIN = 5.0
+"""
+Seconds past the workers' shutdown timeout (and the drain's grace period)
+after which the supervisor kills a worker that has not exited.
+"""
 
 
 def cores() -> int:
@@ -127,12 +140,16 @@ class WorkerSupervisor(Service):
         ports: Sequence[str],
         workerArgs: Sequence[str],
         reactor: Any = None,
+        shutdownTimeout: float = 30.0,
     ) -> None:
         """
         @param workers: how many worker processes.
         @param ports: the port descriptions (as given to C{--port}).
         @param workerArgs: the C{twistd esmtpkit} options for the workers,
             without C{--workers} and C{--port}.
+        @param shutdownTimeout: the workers' C{--shutdown-timeout}: how long
+            a stopping worker may drain before it is killed (with
+            L{KILL_MARGIN} more).
         """
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -145,6 +162,8 @@ class WorkerSupervisor(Service):
         self._listening: list[Any] = []
         self.monitor: ProcessMonitor | None = None
         self._previousHUP: Any = None
+        self._previousTERM: Any = None
+        self.shutdownTimeout = shutdownTimeout
         self.workerEnv: dict[str, str] = {}
         self.workerExited: list[Callable[[int], None]] = []
 
@@ -232,6 +251,31 @@ class WorkerSupervisor(Service):
                 self._previousHUP = signal.signal(signal.SIGHUP, self._onSIGHUP)
             except ValueError:  # not the main thread
                 pass
+        # Once the reactor runs (it installs its own handler as it starts).
+        self._reactor.callWhenRunning(self._takeSIGTERM)
+
+    def _takeSIGTERM(self) -> None:
+        if not self.running:
+            return
+        try:
+            # Stop the reactor without recording the signal, so that the
+            # parent exits 0 once its workers have drained.
+            self._previousTERM = signal.signal(signal.SIGTERM, self._onSIGTERM)
+        except ValueError:  # not the main thread
+            pass
+
+    def _onSIGTERM(self, signum: int, frame: Any) -> None:
+        self._reactor.callFromThread(self._terminate)
+
+    def _terminate(self) -> None:
+        if self.running:
+            log.info("esmtpkit supervisor: SIGTERM, stopping the workers")
+            try:
+                self._reactor.stop()
+            except ReactorNotRunning:
+                pass
+        else:
+            self.signalWorkers("TERM")  # again: they end their drains now
 
     def _onSIGHUP(self, signum: int, frame: Any) -> None:
         self._reactor.callFromThread(self.signalWorkers, "HUP")
@@ -250,9 +294,10 @@ class WorkerSupervisor(Service):
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop the workers (TERM, then KILL after L{ProcessMonitor.killTime}
-        seconds) and close the sockets; the result fires once every worker
-        has exited.
+        Stop the workers (TERM, which makes each drain its connections,
+        then KILL after the shutdown timeout and L{KILL_MARGIN} seconds)
+        and close the sockets; the result fires once every worker has
+        exited.
         """
         super().stopService()
         if self._previousHUP is not None:
@@ -263,12 +308,16 @@ class WorkerSupervisor(Service):
         monitor = self.monitor
         if monitor is None:
             return succeed(None)
+        monitor.killTime = math.ceil(self.shutdownTimeout + GRACE + KILL_MARGIN)
         monitor.stopService()
         deadline = self._reactor.seconds() + monitor.killTime + 5
         done: Deferred[None] = Deferred()
 
         def check() -> None:
             if not monitor.protocols or self._reactor.seconds() > deadline:
+                if self._previousTERM is not None:
+                    signal.signal(signal.SIGTERM, self._previousTERM)
+                    self._previousTERM = None
                 done.callback(None)
             else:
                 self._reactor.callLater(0.1, check)

@@ -51,6 +51,7 @@ stops reading.
 """
 
 _LINE_TOO_LONG = Reply(500, "Line too long", enhanced="5.5.6")
+_SHUTTING_DOWN_TEXT = "Service shutting down"
 _SYNC = Reply(554, "Error: SMTP protocol synchronization", enhanced="5.5.0")
 
 
@@ -85,6 +86,7 @@ class SMTPConnection(PushbackLineReceiver):
         "_pausedAt",
         "_paused",
         "_transportPaused",
+        "_draining",
         "idleSince",
     )
 
@@ -120,6 +122,7 @@ class SMTPConnection(PushbackLineReceiver):
         self._pausedAt = 0.0
         self._paused = 0  # why input is held: a mask of the _HELD_* reasons
         self._transportPaused = False
+        self._draining = False  # see drain()
         self.idleSince: float | None = None  # see IdleTimer
 
     @property
@@ -221,11 +224,75 @@ class SMTPConnection(PushbackLineReceiver):
             # An implicit TLS listener whose handshake never completed.
             for notify in self.server.events.tlsFailed:
                 notify(self.session)
-        if self.server.limits.closed(self):
+        limits = self.server.limits
+        if limits.closed(self):
             self.server.idleTimer.stop()
         # The hook in flight, if any, finishes first (it may be the EOM that
-        # ends the transaction, making ABORT moot).
-        self.conversation.close()
+        # ends the transaction, making ABORT moot); the limits keep the
+        # connection among those ending until DISCONNECT is over.
+        self.conversation.close(lambda: limits.ended(self))
+
+    # -- shutdown -----------------------------------------------------------
+    # A drain lets the transaction in flight finish: input is still served
+    # while a transaction is open (or a hook, a SASL exchange or a TLS
+    # handshake is under way); as soon as the session is idle -- now, or
+    # right after the reply that ends its transaction -- it gets 421 4.3.2
+    # and is closed, so nothing pipelined after that reply is served. At the
+    # server's deadline, shutdown() closes whatever is left.
+
+    def drain(self) -> None:
+        """
+        The server is shutting down: close the connection with 421 4.3.2
+        as soon as no transaction is open and no hook is pending (at once
+        if that is so now).
+        """
+        if self._draining or self._closing:
+            return
+        self._draining = True
+        hooks = self.conversation.hooks
+        if hooks is None or hooks.idle:
+            self._closeIfIdle()
+
+    def shutdown(self) -> None:
+        """
+        The shutdown deadline: 421 4.3.2 now (unless the connection is
+        closing already) and close. The hook in flight is cancelled and
+        nothing it answers is sent; an EOM in flight does not accept its
+        message, and the open transaction ends with ABORT, then DISCONNECT.
+        """
+        self._draining = True
+        if not self._closing:
+            self._sayShuttingDown()
+        self.conversation.interrupt()
+
+    @property
+    def draining(self) -> bool:
+        """
+        Whether the server is shutting down this connection (L{drain}).
+        """
+        return self._draining
+
+    def sessionIdle(self) -> bool:
+        """
+        Whether no transaction is open and no message, SASL exchange or TLS
+        handshake is under way (pending hooks aside).
+        """
+        secure = self._secure
+        return (
+            self.session.transaction is None
+            and self._reader is None
+            and self._message is None
+            and (secure is None or not secure.handshaking)
+        )
+
+    def _closeIfIdle(self) -> None:
+        if self._draining and not self._closing and self.sessionIdle():
+            self._sayShuttingDown()
+
+    def _sayShuttingDown(self) -> None:
+        host = self.session.hostname
+        reply = Reply(421, f"{host} {_SHUTTING_DOWN_TEXT}", enhanced="4.3.2")
+        self.writeReply(reply, count=False)  # a 421: closes
 
     def timeoutConnection(self) -> None:
         """
@@ -272,6 +339,8 @@ class SMTPConnection(PushbackLineReceiver):
         """
         L{HookFlow}: no hook is pending any more; input may resume.
         """
+        if self._draining:
+            self._closeIfIdle()  # before any held input is served
         if not self._closing:
             if self._deadline is not None:
                 self._deadline.hold(self.server.clock.seconds() - self._pausedAt)
@@ -367,6 +436,9 @@ class SMTPConnection(PushbackLineReceiver):
     def lineReceived(self, line: bytes) -> None:
         reader = self._reader
         if reader is None:
+            if self._draining and self.sessionIdle():
+                self._sayShuttingDown()  # a new command is not served
+                return
             self._commandLine(line)
         else:
             reader.lineReceived(line)
@@ -459,10 +531,16 @@ class SMTPConnection(PushbackLineReceiver):
         if not last:
             return
         handler = self.conversation.handler
-        if reply.code == 421 or (handler is not None and handler.disconnect):
+        code = reply.code
+        if code == 421 or (handler is not None and handler.disconnect):
             self.close()
-        elif reply.code >= 400 and count and self._state != GREETING:
+            return
+        if code >= 400 and count and self._state != GREETING:
             self._countError()
+        if self._draining and code != 221:  # QUIT's 221 closes by itself
+            if code == 220 and self.verb == "STARTTLS":
+                return  # idle once the handshake is over
+            self._closeIfIdle()
 
     def messageDone(self, result: MessageResult) -> None:
         """

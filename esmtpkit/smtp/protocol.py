@@ -146,6 +146,8 @@ class ESMTPProtocol(SMTPConnection):
         listener).
         """
         self.security().handshakeCompleted()
+        if self.draining:
+            self._closeIfIdle()
 
     def do_STARTTLS(self, arg: str) -> None:
         self.security().startTLS(arg)

@@ -138,6 +138,13 @@ class Security:
 
     # -- TLS ---------------------------------------------------------------
 
+    @property
+    def handshaking(self) -> bool:
+        """
+        Whether a TLS handshake started by STARTTLS is under way.
+        """
+        return self._handshaking
+
     def startTLS(self, arg: str) -> None:
         """
         The STARTTLS command.
