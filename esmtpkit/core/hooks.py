@@ -160,7 +160,7 @@ class HookRunner:
         """
         if self._final is not None and not self._final:
             return
-        self._steps = ()
+        self.steps = ()
         if self.pending is not None:
             self.pending.cancel()
 

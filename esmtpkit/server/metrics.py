@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -432,6 +433,25 @@ def serveMetrics(
     return observer
 
 
+class _WorkersCollector(MultiProcessCollector):
+    """
+    The workers' files, read again when one cannot be read: a worker that
+    is starting, or was killed, may leave a file half written for a moment.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        for attempt in range(3):
+            try:
+                return iter(list(super().collect()))
+            except Exception as e:
+                problem = e
+                time.sleep(0.01 * (attempt + 1))
+        log.warn(
+            "metrics: the workers' files could not be read: {error}", error=problem
+        )
+        return iter(())
+
+
 class SupervisedMetrics(MultiService):
     """
     The supervisor of C{--workers} with one metrics endpoint for every
@@ -453,7 +473,7 @@ class SupervisedMetrics(MultiService):
         self.registry = CollectorRegistry()
         self.registry.register(BuildInfo())
         self.path: str | None = None
-        self._collector: MultiProcessCollector | None = None
+        self._collector: _WorkersCollector | None = None
         supervisor.setServiceParent(self)
         _httpService(description, self.registry).setServiceParent(self)
         supervisor.workerExited.append(self._workerExited)
@@ -470,7 +490,7 @@ class SupervisedMetrics(MultiService):
         if self.path is not None:
             return
         self.path = tempfile.mkdtemp(prefix="esmtpkit-metrics-")
-        self._collector = MultiProcessCollector(None, path=self.path)
+        self._collector = _WorkersCollector(None, path=self.path)
         self.registry.register(self._collector)
         self.supervisor.workerEnv[MULTIPROCESS_ENV] = self.path
 
