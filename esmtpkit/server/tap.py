@@ -23,7 +23,6 @@ from ..security.auth import makePortal
 from ..security.scram import IScramSHA256Credentials, ScramFileChecker
 from ..security.tls import ServerTLS, TLSConfigurationError
 from ..settings import Settings
-from . import metrics
 from .listeners import openBeforeFork
 from .optionvalues import EXTENSIONS, OPTION_OF, SETTINGS, asBytes
 from .service import DEFAULT_PORT, ESMTPService
@@ -246,6 +245,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["handlerFactory"] = self._handlerFactory()
         self._checkPorts()
         if self["metrics"] is not None:
+            from . import metrics  # prometheus_client and twisted.web: only when asked
+
             try:
                 metrics.checkEndpoint(self["metrics"])
             except ValueError as e:
@@ -384,6 +385,8 @@ def makeService(options: Options) -> IService:
         openBeforeFork(supervisor, options)
         if options["metrics"] is None:
             return supervisor
+        from . import metrics
+
         return metrics.SupervisedMetrics(supervisor, options["metrics"])
     service = ESMTPService(
         options["handlerFactory"],
@@ -395,6 +398,8 @@ def makeService(options: Options) -> IService:
         handleSIGTERM=True,
     )
     if options["metrics"] is not None:
+        from . import metrics
+
         metrics.serveMetrics(service, options["metrics"], bool(options["inherited"]))
     openBeforeFork(service, options)
     return service
