@@ -254,8 +254,9 @@ class Conversation:
             if type(value) is PerRecipient:
                 result = self._perRecipient(transaction, value)
                 if not self.perRecipient:
-                    value = result.single()
-            if type(value) is PerRecipient:
+                    # SMTP: the one reply it sends is what counts.
+                    count = len(transaction.recipients)
+                    result = MessageResult.forAll(result.single(), count)
                 outcome = result.outcome
             else:
                 count = len(transaction.recipients)
