@@ -16,6 +16,8 @@ from typing import Any
 
 from twisted.internet.interfaces import IAddress
 
+from .core.modifications import Modifications
+
 __all__ = ["Recipient", "Session", "Transaction", "TLSInfo", "Params"]
 
 
@@ -130,6 +132,25 @@ class Transaction(_HandlerData):
     headers: list[tuple[str, str]] = field(default_factory=list)
     rawHeaders: bytes = b""
     size: int = 0
+    _modifications: Modifications | None = field(default=None, repr=False)
+
+    @property
+    def modifications(self) -> Modifications:
+        """
+        The changes the handler asks for this message at EOM (see
+        L{Modifications}); made on first use.
+        """
+        changes = self._modifications
+        if changes is None:
+            changes = self._modifications = Modifications()
+        return changes
+
+    @property
+    def modified(self) -> bool:
+        """
+        Whether any change was asked for.
+        """
+        return bool(self._modifications)
 
 
 @dataclass(slots=True)
