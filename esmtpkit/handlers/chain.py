@@ -21,6 +21,10 @@ The rules (docs/handlers.md, "Chain"):
     called for it). ABORT and DISCONNECT go to every handler, whatever one
     of them raises.
   - No opinion at all gives the default reply.
+  - A transaction that does not come about is ended for the members that
+    took part: when MAIL is refused, the members asked before the refusal
+    get ABORT; when EOM is refused (or fails), the members after the one
+    that refused, which got no EOM, get ABORT.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.python.failure import Failure
 
 from ..core.results import PerRecipient
@@ -82,7 +86,7 @@ class _Verdict:
         for the default.
     """
 
-    __slots__ = ("hook", "value", "consent", "recipients", "perRecipient")
+    __slots__ = ("hook", "value", "consent", "recipients", "perRecipient", "decided")
 
     def __init__(self, hook: str, recipients: Sequence[Any] = ()) -> None:
         self.hook = hook
@@ -90,11 +94,16 @@ class _Verdict:
         self.consent = hook in CONSENT_HOOKS
         self.recipients = recipients
         self.perRecipient: list[Any] | None = None
+        self.decided = False
 
     def take(self, value: Any) -> bool:
         """
         Count a member's answer; return whether the hook is decided.
         """
+        self.decided = self._take(value)
+        return self.decided
+
+    def _take(self, value: Any) -> bool:
         if value is None or value is NO_OPINION:
             return False
         if type(value) is PerRecipient and self.hook == "EOM":
@@ -197,7 +206,8 @@ class Chain(ESMTPHandler):
 
     @property  # type: ignore[override]
     def session(self) -> Session:
-        assert self._session is not None
+        if self._session is None:
+            raise AttributeError("session")  # not set yet, as for any handler
         return self._session
 
     @session.setter
@@ -222,13 +232,54 @@ class Chain(ESMTPHandler):
         if not positions:
             return None
         handlers = self.handlers
+        if hook != "EOM" and hook != "MAIL":
+            verdict = _Verdict(hook)
+            calls = (getattr(handlers[i], hook) for i in positions)
+            return _run(calls, args, verdict.take, verdict.result)
         recipients: Sequence[Any] = ()
         if hook == "EOM" and self._session is not None:
             transaction = self._session.transaction
             recipients = transaction.recipients if transaction is not None else ()
         verdict = _Verdict(hook, recipients)
-        calls = (getattr(handlers[i], hook) for i in positions)
-        return _run(calls, args, verdict.take, verdict.result)
+        asked = [0]
+
+        def calls() -> Iterator[Callable[..., Any]]:
+            for index in positions:
+                asked[0] = index
+                yield getattr(handlers[index], hook)
+
+        try:
+            outcome = _run(calls(), args, verdict.take, verdict.result)
+        except Exception:
+            outcome = Failure()
+        if isinstance(outcome, Deferred):
+            return outcome.addBoth(self._settled, hook, verdict, asked)
+        return self._settled(outcome, hook, verdict, asked)
+
+    def _settled(
+        self, outcome: Any, hook: str, verdict: _Verdict, asked: list[int]
+    ) -> Any:
+        """
+        After MAIL or EOM: the members that took part in a transaction that
+        did not come about get ABORT -- at MAIL, those that accepted before
+        a later one refused; at EOM, those after the one that refused (or
+        failed), which never got their EOM. Then C{outcome} is passed on.
+        """
+        failed = isinstance(outcome, Failure)
+        if failed and outcome.check(CancelledError):
+            return outcome  # the conversation ends the transaction with ABORT
+        if not (failed or verdict.decided):
+            return outcome
+        if hook == "MAIL":
+            others = self.handlers[: asked[0]]
+        else:
+            others = self.handlers[asked[0] + 1 :]
+        if not others:
+            return outcome
+        aborted = self._notify("ABORT", others)
+        if isinstance(aborted, Deferred):
+            return aborted.addBoth(lambda _: outcome)
+        return outcome
 
     def _all(self, handlers: Sequence[Any], hook: str, args: tuple[Any, ...]) -> Any:
         if not handlers:
@@ -236,7 +287,7 @@ class Chain(ESMTPHandler):
         calls = (getattr(h, hook) for h in handlers)
         return _run(calls, args, _never, _nothing)
 
-    def _notify(self, hook: str) -> Any:
+    def _notify(self, hook: str, handlers: Sequence[Any] | None = None) -> Any:
         # Every member, whatever one of them raises; the first failure is
         # passed on (logged) once all have run.
         failures: list[Failure] = []
@@ -260,7 +311,8 @@ class Chain(ESMTPHandler):
             if failures:
                 failures[0].raiseException()
 
-        calls = (call(getattr(h, hook)) for h in self.handlers)
+        members = self.handlers if handlers is None else handlers
+        calls = (call(getattr(h, hook)) for h in members)
         return _run(calls, (), _never, finish)
 
     # -- the hooks ------------------------------------------------------------
