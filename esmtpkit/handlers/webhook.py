@@ -14,7 +14,6 @@ from typing import IO, Any
 
 from twisted.internet import error as netError
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
@@ -177,7 +176,24 @@ class WebhookClient:
         signed = deferToThread(self._sign, spool, timestamp, envelope)
         signed.addCallback(self._post, spool, envelope, timestamp)
         signed.addCallback(self._answered, transactionId)
-        signed.addTimeout(self.timeout, self.reactor)
+        # Cancelling a request fails it with ResponseNeverReceived or the
+        # like, not CancelledError: remember whether the deadline did it.
+        late: list[bool] = []
+
+        def expire() -> None:
+            late.append(True)
+            signed.cancel()
+
+        deadline = self.reactor.callLater(self.timeout, expire)
+
+        def settled(result: Any) -> Any:
+            if deadline.active():
+                deadline.cancel()
+            if late and isinstance(result, Failure):
+                return Reply(451, "Delivery endpoint timed out", enhanced="4.4.2")
+            return result
+
+        signed.addBoth(settled)
         signed.addErrback(self._failed)
         return signed
 
@@ -238,8 +254,6 @@ class WebhookClient:
         )
 
     def _failed(self, failure: Failure) -> Reply:
-        if failure.check(DeferredTimeout):
-            return Reply(451, "Delivery endpoint timed out", enhanced="4.4.2")
         if failure.check(CancelledError):
             return failure  # type: ignore[return-value]  # cancelled from above
         if failure.check(
