@@ -28,7 +28,7 @@ from esmtpkit.server.tap import Options
 from esmtpkit.session import Session
 from esmtpkit.testing import LMTPTestConnection, SMTPTestConnection
 
-from .helpers import LOOPBACK, maildirFiles, waitUntil
+from .helpers import LOOPBACK, maildirFiles, tempDir, waitUntil
 
 reactor: Any = _reactor
 MESSAGE = b"Subject: hello\r\nFrom: a@example.org\r\n\r\nline one\r\nline two\r\n"
@@ -510,7 +510,7 @@ class ChainSocketTests(TestCase):
     timeout = 60
 
     async def test_overRealSocket(self) -> None:
-        box = Path(self.mktemp())
+        box = tempDir(self) / "box"
 
         class SpamFilter(ESMTPHandler):
             def HEADER(self, name: str, value: str) -> None:

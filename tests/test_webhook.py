@@ -28,7 +28,7 @@ from esmtpkit.server.startup import StartupError
 from esmtpkit.server.tap import Options
 from esmtpkit.testing import SMTPTestConnection, dotStuff
 
-from .helpers import LOOPBACK, waitUntil
+from .helpers import LOOPBACK, tempDir, waitUntil
 
 reactor: Any = _reactor
 SECRET = "s3cret-for-tests"
@@ -304,7 +304,7 @@ class OptionsTests(SynchronousTestCase):
         )
 
     def test_secretFile(self) -> None:
-        path = self.mktemp()
+        path = str(tempDir(self) / "secret")
         with open(path, "w") as file:
             file.write("from-a-file\n")
         options = self.parse("url=https://hooks.example/in", f"secret-file={path}")
