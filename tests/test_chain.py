@@ -549,3 +549,34 @@ class ChainSocketTests(TestCase):
         self.assertEqual(len(maildirFiles(box, "new")), 1)
         self.assertEqual(maildirFiles(box, "tmp"), [])
         await ensureDeferred(waitUntil(lambda: not factory.connections))
+
+
+def test_chainClassWithHandlersOption(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    argv = ["--port", "tcp:0:interface=127.0.0.1", "--maildir", str(box)]
+    options = Options()
+    options.parseOptions(
+        [
+            "--handler",
+            "esmtpkit.handlers.Chain",
+            "--handler-option",
+            "handlers=tests.optionhandlers.Filter,esmtpkit.handlers.Maildir",
+            *argv,
+        ]
+    )
+    chain = options["handlerFactory"]()
+    assert [type(h).__name__ for h in chain.handlers] == ["Filter", "Maildir"]
+    single = Options()
+    single.parseOptions(
+        [
+            "--handler",
+            "esmtpkit.handlers.Chain",
+            "--handler-option",
+            "handlers=esmtpkit.handlers.Sink",
+            *argv,
+        ]
+    )
+    assert [type(h) for h in single["handlerFactory"]().handlers] == [Sink]
+    with pytest.raises(StartupError) as raised:
+        Options().parseOptions(["--handler", "esmtpkit.handlers.Chain", *argv])
+    assert "handlers=a.X,b.Y is required" in raised.value.message
