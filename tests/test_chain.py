@@ -580,3 +580,39 @@ def test_chainClassWithHandlersOption(tmp_path: Path) -> None:
     with pytest.raises(StartupError) as raised:
         Options().parseOptions(["--handler", "esmtpkit.handlers.Chain", *argv])
     assert "handlers=a.X,b.Y is required" in raised.value.message
+
+
+def test_deferredBodyHoldsTheNextMember() -> None:
+    """
+    A member whose BODY returns a Deferred holds the chain (and the
+    input): the next member gets the chunk only once it fired.
+    """
+    log: list[Any] = []
+    pending: list[Deferred[None]] = []
+
+    def slow(self: Any, chunk: bytes) -> Deferred[None]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    conn = SMTPTestConnection(
+        lambda: Chain([Recorder("slow", log, BODY=slow), Recorder("next", log)])
+    )
+    transaction(conn)
+    conn.command("DATA")
+    conn.send(MESSAGE + b".\r\n")
+    assert calls(log, "BODY") == ["slow"]
+    assert conn.replies() == []
+    pending[0].callback(None)
+    assert calls(log, "BODY") == ["slow", "next"]
+    [reply] = conn.replies()
+    assert reply.code == 250
+
+
+def test_nestedChain() -> None:
+    log: list[Any] = []
+    inner = lambda: Chain([Recorder("i1", log), Recorder("i2", log)])  # noqa: E731
+    conn = SMTPTestConnection(lambda: Chain([Recorder("o", log), inner()]))
+    transaction(conn)
+    assert conn.sendMessage(MESSAGE).code == 250
+    assert calls(log, "EOM") == ["o", "i1", "i2"]
+    assert calls(log, "BODY") == ["o", "i1", "i2"]
