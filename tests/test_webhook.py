@@ -341,3 +341,59 @@ class VerifyTests(SynchronousTestCase):
         for bad in (None, "", "t=1", f"v1={'a' * 64}", "t=x,v1=00", header + "0"):
             self.assertFalse(verifySignature(SECRET, bad, "{}", b"body", now=now), bad)
         self.assertFalse(verifySignature(SECRET, header, None, b"body", now=now))
+
+
+class HTTPSTests(TestCase):
+    """
+    An https:// endpoint (twisted.web over TLS on 127.0.0.1, a certificate
+    of the test PKI for localhost): trusted through ca-file, refused
+    (451 4.4.1, nothing delivered) without it.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        from twisted.internet import ssl
+
+        from .tlshelpers import sharedPKI
+
+        self.pki = sharedPKI()
+        pem = self.pki.serverCert.read_bytes() + self.pki.serverKey.read_bytes()
+        context = ssl.PrivateCertificate.loadPEM(pem).options()
+        self.endpoint = Endpoint()
+        port = reactor.listenSSL(0, Site(self.endpoint), context, interface=LOOPBACK)
+        self.addCleanup(port.stopListening)
+        self.url = f"https://localhost:{port.getHost().port}/hook"
+
+    async def send(self, client: WebhookClient) -> Any:
+        self.addCleanup(client.close)
+        conn = SMTPTestConnection(lambda: Webhook(client))
+        conn.command("EHLO c")
+        conn.command("MAIL FROM:<a@example.org>")
+        conn.command("RCPT TO:<b@example.org>")
+        conn.command("DATA")
+        conn.send(dotStuff(MESSAGE))
+        got: list[Any] = []
+        await waitUntil(lambda: bool(got.extend(conn.replies()) or got), timeout=30)
+        return got[0]
+
+    async def test_trustedByCAFile(self) -> None:
+        client = WebhookClient(self.url, SECRET, caFile=str(self.pki.caCert))
+        reply = await self.send(client)
+        self.assertEqual(reply.code, 250)
+        [request] = self.endpoint.requests
+        self.assertTrue(request["verified"])
+        self.assertEqual(request["body"], MESSAGE)
+
+    async def test_untrustedCertificate(self) -> None:
+        reply = await self.send(WebhookClient(self.url, SECRET, timeout=10))
+        self.assertEqual((reply.code, reply.enhanced), (451, "4.4.1"))
+        self.assertEqual(self.endpoint.requests, [])
+
+    def test_badCAFile(self) -> None:
+        with self.assertRaises(ValueError) as raised:
+            WebhookClient(self.url, SECRET, caFile=str(self.pki.garbage))
+        self.assertIn("no certificate in it", str(raised.exception))
+        with self.assertRaises(ValueError) as raised:
+            WebhookClient(self.url, SECRET, caFile="/nonexistent/ca.pem")
+        self.assertIn("No such file", str(raised.exception))

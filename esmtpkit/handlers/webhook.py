@@ -117,6 +117,31 @@ def _safeText(body: bytes) -> str | None:
     return text
 
 
+def _trustRoot(caFile: str | None) -> Any:
+    if caFile is None:
+        return None
+    from twisted.internet import ssl
+
+    try:
+        with open(caFile, "rb") as file:
+            data = file.read()
+        # Every certificate of the file (a bundle may hold several).
+        pems = [
+            b"-----BEGIN CERTIFICATE-----" + part
+            for part in data.split(b"-----BEGIN CERTIFICATE-----")[1:]
+        ]
+        if not pems:
+            raise ValueError("no certificate in it")
+        certificates = [ssl.Certificate.loadPEM(pem) for pem in pems]
+    except OSError as e:
+        raise ValueError(f"ca-file {caFile}: {e.strerror}") from None
+    except Exception as e:
+        raise ValueError(f"ca-file {caFile}: not PEM certificates ({e})") from None
+    if len(certificates) == 1:
+        return certificates[0]
+    return ssl.trustRootFromCertificates(certificates)
+
+
 class WebhookClient:
     """
     Delivers messages to one endpoint; one is shared by every connection
@@ -136,7 +161,14 @@ class WebhookClient:
         timeout: float = DEFAULT_TIMEOUT,
         rejectStatus: int = DEFAULT_REJECT_STATUS,
         reactor: Any = None,
+        caFile: str | None = None,
     ) -> None:
+        """
+        @param caFile: a PEM file of the CA certificate(s) to trust for an
+            C{https://} endpoint, instead of the system's trust store.
+        @raise ValueError: a bad URL, no secret, or a C{caFile} that cannot
+            be read.
+        """
         try:
             import treq.client
         except ImportError:
@@ -155,7 +187,8 @@ class WebhookClient:
         self.rejectStatus = rejectStatus
         self.reactor = reactor
         self.pool = webClient.HTTPConnectionPool(reactor, persistent=True)
-        agent = webClient.Agent(reactor, connectTimeout=timeout, pool=self.pool)
+        policy = webClient.BrowserLikePolicyForHTTPS(_trustRoot(caFile))
+        agent = webClient.Agent(reactor, policy, connectTimeout=timeout, pool=self.pool)
         self._http = treq.client.HTTPClient(agent)
 
     def close(self) -> Deferred[None]:
@@ -297,6 +330,13 @@ class WebhookOptions(HandlerOptions):
             positiveInt,
         ],
         ["spool-dir", None, None, "Where messages are spooled [default: TMPDIR]."],
+        [
+            "ca-file",
+            None,
+            None,
+            "PEM file of the CA(s) to trust for an https:// url [default: the "
+            "system's trust store].",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -356,6 +396,7 @@ class Webhook(ESMTPHandler):
             options["secret"],
             options["timeout"],
             options["reject-status"],
+            caFile=options["ca-file"],
         )
         spoolDir = options["spool-dir"]
         if spoolDir is not None:
