@@ -98,7 +98,7 @@ def test_debugOptionOutputFile(tmp_path: Path) -> None:
             "--handler-option",
             f"output={tmp_path}/missing/x",
         )
-    assert "No such file or directory" in raised.value.message
+    assert f"{tmp_path}/missing/x: No such file or directory" in raised.value.message
 
 
 def test_debugInChainHasNoOpinion(tmp_path: Path) -> None:

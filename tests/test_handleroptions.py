@@ -306,3 +306,21 @@ def test_twistdServesAChain(tmp_path: Path) -> None:
     assert b"Subject: via twistd" in delivered.read_bytes()
     text = debugLog.read_text()
     assert "Subject: via twistd" in text and "end of message" in text
+
+
+def test_optionsMustBeHandlerOptions() -> None:
+    class Plain(ESMTPHandler):
+        class Options(usage.Options):
+            optParameters = [["a", None, None, "A."]]
+
+    module = types.ModuleType("plainmodule")
+    module.Plain = Plain  # type: ignore[attr-defined]
+    sys.modules["plainmodule"] = module
+    try:
+        with pytest.raises(StartupError) as raised:
+            handlerFactory("plainmodule.Plain")
+    finally:
+        del sys.modules["plainmodule"]
+    assert "Plain.Options is not a subclass of esmtpkit.handlers.HandlerOptions" in (
+        raised.value.message
+    )
