@@ -397,3 +397,23 @@ class HTTPSTests(TestCase):
         with self.assertRaises(ValueError) as raised:
             WebhookClient(self.url, SECRET, caFile="/nonexistent/ca.pem")
         self.assertIn("No such file", str(raised.exception))
+
+
+def test_webOnlyWhenAskedFor() -> None:
+    """
+    Importing esmtpkit.handlers and the twistd plugin's options brings
+    neither treq nor twisted.web's client; asking for Webhook does.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, esmtpkit.handlers as h, esmtpkit.server.tap;"
+        "print('treq' in sys.modules, 'twisted.web.client' in sys.modules);"
+        "h.Webhook;"
+        "print('twisted.web.client' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split() == ["False", "False", "True"], result
