@@ -353,15 +353,17 @@ class HTTPSTests(TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        from twisted.internet import ssl
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from esmtpkit.security.tls import ServerTLS
 
         from .tlshelpers import sharedPKI
 
         self.pki = sharedPKI()
-        pem = self.pki.serverCert.read_bytes() + self.pki.serverKey.read_bytes()
-        context = ssl.PrivateCertificate.loadPEM(pem).options()
+        tls = ServerTLS(str(self.pki.serverCert), str(self.pki.serverKey))
         self.endpoint = Endpoint()
-        port = reactor.listenSSL(0, Site(self.endpoint), context, interface=LOOPBACK)
+        factory = TLSMemoryBIOFactory(tls, False, Site(self.endpoint))
+        port = reactor.listenTCP(0, factory, interface=LOOPBACK)
         self.addCleanup(port.stopListening)
         self.url = f"https://localhost:{port.getHost().port}/hook"
 
