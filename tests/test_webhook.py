@@ -166,6 +166,29 @@ class WebhookTests(TestCase):
         )
         self.assertTrue(verifySignature(SECRET, signature, header, [MESSAGE]))
 
+    async def test_internationalAddresses(self) -> None:
+        """
+        SMTPUTF8 addresses travel in the (ASCII) envelope header as JSON
+        escapes, and come out the same; the signature still verifies.
+        """
+        conn = SMTPTestConnection(lambda: Webhook(self.client()))
+        conn.command("EHLO client.example")
+        self.assertEqual(
+            conn.command("MAIL FROM:<jörg@exämple.org> SMTPUTF8").code, 250
+        )
+        self.assertEqual(conn.command("RCPT TO:<δοκιμή@παράδειγμα.δοκιμή>").code, 250)
+        reply = await self.deliver(conn, "Subject: ü\r\n\r\nü\r\n".encode())
+        self.assertEqual(reply.code, 250)
+        [request] = self.endpoint.requests
+        self.assertTrue(request["envelope"].isascii())
+        envelope = json.loads(request["envelope"])
+        self.assertEqual(envelope["sender"], "jörg@exämple.org")
+        self.assertEqual(envelope["mailParams"], {"SMTPUTF8": None})
+        self.assertEqual(
+            envelope["recipients"][0]["address"], "δοκιμή@παράδειγμα.δοκιμή"
+        )
+        self.assertTrue(request["verified"])
+
     async def test_statusMapping(self) -> None:
         client = self.client()
         cases = [
