@@ -356,7 +356,11 @@ def test_envelope() -> None:
         "bob@example.net",
         "erin@example.net",
     ]
-    assert changes.deleted == ["BOB@example.net", "carol@EXAMPLE.net", "erin@example.net"]
+    assert changes.deleted == [
+        "BOB@example.net",
+        "carol@EXAMPLE.net",
+        "erin@example.net",
+    ]
 
 
 def test_quarantine() -> None:

@@ -97,24 +97,18 @@ def _applyHeaderChanges(
             fields.insert(min(change.index, len(fields)), field)
         elif change.kind == "change":
             wanted = change.name.lower()
-            seen = 0
-            for position, (name, _) in enumerate(fields):
-                if name.lower() == wanted:
-                    seen += 1
-                    if seen == change.index:
-                        break
+            matching = [
+                i for i, (name, _) in enumerate(fields) if name.lower() == wanted
+            ]
+            value = change.value
+            if len(matching) < change.index:
+                if value is not None:  # as Sendmail and Postfix: added
+                    fields.append((change.name, formatHeader(change.name, value)))
+            elif value is None:
+                del fields[matching[change.index - 1]]
             else:
-                position = -1
-            if position < 0:
-                if change.value is not None:
-                    fields.append((change.name, formatHeader(change.name, change.value)))
-            elif change.value is None:
-                del fields[position]
-            else:
-                fields[position] = (
-                    change.name,
-                    formatHeader(change.name, change.value),
-                )
+                field = (change.name, formatHeader(change.name, value))
+                fields[matching[change.index - 1]] = field
         else:
             raise ValueError(f"unknown header change {change.kind!r}")
     return fields
@@ -241,9 +235,7 @@ class ModifiedMessage:
         """
         return self.headersChanged or self.replacement is not None
 
-    def chunks(
-        self, body: BodySource, chunkSize: int = CHUNK_SIZE
-    ) -> Iterator[bytes]:
+    def chunks(self, body: BodySource, chunkSize: int = CHUNK_SIZE) -> Iterator[bytes]:
         """
         The modified message, chunk by chunk: the header section, then the
         replacement body if there is one, else C{body} (the body received:
