@@ -33,10 +33,10 @@ _COPY = 1 << 20
 
 def createFile(path: str) -> int:
     """
-    Create file C{path} (it must not exist) for writing; return its
+    Create file C{path} (it must not exist) to write and read; return its
     descriptor.
     """
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
 
 
 def writeAll(fd: int, data: bytes) -> None:
