@@ -204,6 +204,10 @@ class Maildir(ESMTPHandler):
         try:
             writeAll(files.spool, data)
         except OSError as e:
+            # No more content hooks come after this refusal: nothing stays.
+            self._files = None
+            files.closeAll()
+            files.remove()
             raise self._storageError(e) from None
 
     def EOH(self) -> None:
