@@ -2,8 +2,9 @@
 The L{Maildir} handler with a folder it cannot write, for real: C{twistd
 esmtpkit --maildir} runs as a subprocess with C{tmp/} or C{new/} made
 read-only (when the tests run as root, the subprocess runs without the
-capabilities that let root ignore file permissions). The client gets C{452 4.3.1}, the server logs why, no file is
-left, and the session goes on.
+capabilities that let root ignore file permissions). The client gets
+C{452 4.3.1}, the server logs why, no file is left, and the session goes
+on.
 """
 
 from __future__ import annotations
