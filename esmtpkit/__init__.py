@@ -8,7 +8,9 @@ with L{ESMTPFactory} or L{ESMTPService}.
 """
 
 from .core.events import ServerEvents, ServerObserver
+from .core.modifications import Modifications
 from .core.results import PerRecipient
+from .core.rewrite import Envelope, ModifiedMessage
 from .handler import ESMTPHandler
 from .interfaces import IESMTPHandler
 from .received import receivedHeader
@@ -27,9 +29,12 @@ __all__ = [
     "ESMTPHandler",
     "ESMTPProtocol",
     "ESMTPService",
+    "Envelope",
     "IESMTPHandler",
     "LMTPFactory",
     "LMTPProtocol",
+    "Modifications",
+    "ModifiedMessage",
     "PerRecipient",
     "Recipient",
     "Reply",

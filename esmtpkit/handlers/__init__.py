@@ -2,7 +2,8 @@
 Ready-made handlers.
 
   - L{Sink}: accepts every message and keeps nothing (benchmarks, tests).
-  - L{Maildir}: delivers every message into a Maildir (the default of
+  - L{Maildir}: delivers every message into a Maildir as a local delivery
+    agent does, applying the handler's modifications (the default of
     C{twistd esmtpkit}).
 """
 
