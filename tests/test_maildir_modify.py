@@ -13,16 +13,23 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from esmtpkit import ModifiedMessage
 from esmtpkit.handlers import Maildir
+from esmtpkit.session import Recipient, Transaction
 from esmtpkit.testing import SMTPTestConnection
 
 from .helpers import maildirFiles, splitDelivery, splitReceived
+from .test_rewrite import _change, _fieldBytes, _record
 
 MESSAGE = (
     b"From: Alice <alice@example.org>\r\n"
@@ -349,3 +356,65 @@ def test_renameFails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "rename", rename)
     _assertFull(_send(conn, ("carol@example.net", "bob@example.net")))
     _assertNothingLeft(tmp_path)
+
+
+# -- the Maildir agrees with the renderer --------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(_fieldBytes, max_size=5),
+    st.lists(_change, max_size=6),
+    st.one_of(st.none(), st.lists(st.binary(max_size=300), max_size=4)),
+    st.lists(st.sampled_from(["bob@example.net", "Carol@example.net"]), max_size=2),
+    st.lists(st.sampled_from(["bob@example.net", "dave@example.net"]), max_size=2),
+)
+def test_storedAsRendered(
+    fields: list[tuple[str, bytes]],
+    changes: list[tuple],  # type: ignore[type-arg]
+    body: list[bytes] | None,
+    deleted: list[str],
+    added: list[str],
+) -> None:
+    """
+    Whatever the changes, each copy the Maildir stores (made with offsets
+    into its spool file and kernel copies) is exactly what
+    L{ModifiedMessage} renders from the message received, and the copies
+    are for the recipients of the modified envelope.
+    """
+    raw = b"".join(data for _, data in fields) + b"\r\n"
+    received = b"the body\r\n" * 3
+    record = _record(changes)
+
+    def edit(modifications: Any) -> None:
+        modifications.headers[:] = record.headers
+        if body is not None:
+            modifications.replaceBody(iter(body))
+        for address in deleted:
+            modifications.deleteRecipient(address)
+        for address in added:
+            modifications.addRecipient(address)
+
+    path = Path(tempfile.mkdtemp(prefix="esmtpkit-render-"))
+    try:
+        conn = _connect(path, edit)
+        reply = _send(conn, ("carol@example.net", "bob@example.net"), raw + received)
+        assert reply.code == 250
+        expected = Transaction(id="T", sender="alice@example.org")
+        expected.rawHeaders = raw
+        expected.recipients.extend(
+            [Recipient("carol@example.net"), Recipient("bob@example.net")]
+        )
+        edit(expected.modifications)
+        message = ModifiedMessage(expected)
+        rendered = b"".join(message.chunks(received))
+        distinct: dict[str, bytes] = {}
+        for recipient in message.envelope.recipients:
+            distinct.setdefault(recipient.address.lower(), recipient.address.encode())
+        copies = _stored(path)
+        assert sorted(copies) == sorted(distinct.values())
+        for _, content in copies.values():
+            assert content == rendered
+        assert maildirFiles(path, "tmp") == []
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
