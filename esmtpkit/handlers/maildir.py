@@ -186,6 +186,7 @@ class Maildir(ESMTPHandler):
     def DATA(self) -> HookResult:
         transaction = self.session.transaction
         assert transaction is not None
+        self._discard()  # a DATA refused after this one started a file
         first = transaction.recipients[0] if self.perRecipient else None
         prefix = self.deliveryHeaders(transaction.sender, first)
         received = receivedHeader(self.session, transaction)
