@@ -324,3 +324,46 @@ def test_optionsMustBeHandlerOptions() -> None:
     assert "Plain.Options is not a subclass of esmtpkit.handlers.HandlerOptions" in (
         raised.value.message
     )
+
+
+def test_maildirHandlerOptions(tmp_path: Path) -> None:
+    """
+    Maildir declares its options: path and the delivery headers; --maildir
+    stays a spelling of the folder, path= wins over it.
+    """
+    folder = tmp_path / "box"
+    options = parse(
+        "--handler",
+        "esmtpkit.handlers.Maildir",
+        "--maildir",
+        str(tmp_path / "ignored"),
+        "--handler-option",
+        f"path={folder}",
+        "--handler-option",
+        "no-delivered-to",
+        "--handler-option",
+        "no-fsync",
+    )
+    handler = options["handlerFactory"]()
+    assert isinstance(handler, Maildir)
+    assert handler.path == str(folder)
+    assert (handler.deliveredTo, handler.originalTo, handler.fsync) == (
+        False,
+        True,
+        False,
+    )
+    assert (folder / "new").is_dir()
+
+
+def test_maildirBadQuarantineFolder(tmp_path: Path) -> None:
+    with pytest.raises(StartupError) as raised:
+        parse(
+            "--handler",
+            "esmtpkit.handlers.Maildir",
+            "--handler-option",
+            f"path={tmp_path}",
+            "--handler-option",
+            "quarantine-folder=../x",
+        )
+    assert "quarantine-folder" in raised.value.message
+    assert "\n" not in raised.value.message

@@ -30,6 +30,7 @@ from .delivery import (
     logStorageError,
     writeAll,
 )
+from .options import HandlerOptions
 
 __all__ = ["Maildir", "QUARANTINE_HEADER", "originalRecipient"]
 
@@ -69,6 +70,33 @@ def originalRecipient(recipient: Recipient, utf8: bool = False) -> str:
     return recipient.address
 
 
+class MaildirOptions(HandlerOptions):
+    """
+    The options of L{Maildir} (C{--handler-option key=value}).
+    """
+
+    optParameters = [
+        ["path", None, None, "The Maildir folder (default: --maildir, else Maildir)."],
+        [
+            "quarantine-folder",
+            None,
+            ".Quarantine",
+            "Sub-folder of quarantined messages.",
+        ],
+    ]
+    optFlags = [
+        ["no-fsync", None, "Do not flush messages to stable storage (unsafe)."],
+        ["no-return-path", None, "Do not write a Return-Path: header."],
+        ["no-delivered-to", None, "Do not write Delivered-To: headers."],
+        ["no-original-to", None, "Do not write X-Original-To: headers."],
+    ]
+
+    def postOptions(self) -> None:
+        folder = self["quarantine-folder"]
+        if not folder or "/" in folder or folder in (".", "..", "tmp", "new", "cur"):
+            raise UsageError(f"quarantine-folder {folder!r} is not a sub-folder name")
+
+
 class Maildir(ESMTPHandler):
     """
     Delivers each message into a Maildir, as a local delivery agent does:
@@ -93,6 +121,7 @@ class Maildir(ESMTPHandler):
     C{452 4.3.1} and leaves no file either.
     """
 
+    Options = MaildirOptions
     _prepared: set[str] = set()
 
     def __init__(
@@ -135,15 +164,34 @@ class Maildir(ESMTPHandler):
     @classmethod
     def fromOptions(cls, options: Mapping[str, Any]) -> Any:
         """
-        The handler factory for C{twistd esmtpkit}: C{--maildir} names the
-        folder.
+        The handler factory for C{twistd esmtpkit} without
+        C{--handler-option}: C{--maildir} names the folder.
         """
-        path = options.get("maildir") or "Maildir"
+        return cls._factory(options.get("maildir") or "Maildir", {}, "--maildir")
+
+    @classmethod
+    def fromHandlerOptions(cls, options: MaildirOptions) -> Any:
+        """
+        The handler factory for C{--handler-option}: C{path=} (or the older
+        spelling C{--maildir}) names the folder.
+        """
+        path = options["path"] or options.serverOptions.get("maildir") or "Maildir"
+        keywords = {
+            "fsync": not options["no-fsync"],
+            "returnPath": not options["no-return-path"],
+            "deliveredTo": not options["no-delivered-to"],
+            "originalTo": not options["no-original-to"],
+            "quarantineFolder": options["quarantine-folder"],
+        }
+        return cls._factory(path, keywords, "path")
+
+    @classmethod
+    def _factory(cls, path: str, keywords: dict[str, Any], what: str) -> Any:
         try:
-            cls(path)  # create the folders now, so a bad path fails at start-up
+            cls(path, **keywords)  # make the folders now: a bad path fails here
         except OSError as e:
-            raise UsageError(f"--maildir {path}: {e.strerror}") from None
-        return lambda: cls(path)
+            raise UsageError(f"{what} {path}: {e.strerror}") from None
+        return lambda: cls(path, **keywords)
 
     @property
     def perRecipient(self) -> bool:
