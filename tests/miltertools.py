@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
 
 from esmtpkit.milter import wire
-from esmtpkit.milter.server import MilterFactory
+from esmtpkit.milter.factory import MilterFactory
 from esmtpkit.testing import LogCollector
 
 #: What Postfix 3.x offers: version 6, every action, every step flag.

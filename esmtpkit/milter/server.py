@@ -24,7 +24,6 @@ one log line; the server goes on.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -35,17 +34,16 @@ from twisted.python.failure import Failure
 from ..core.content import Content
 from ..core.conversation import Conversation
 from ..reply import Reply
-from ..server.factory import ESMTPFactory
 from . import wire
 from .macros import MilterSession, parseArguments, parseConnect
+from .message import MessageSteps
 from .negotiate import Negotiated, negotiate, overridden
-from .replies import ModificationRefused, modificationPackets, verdict
+from .replies import verdict
 
 if TYPE_CHECKING:
-    from ..core.results import MessageResult
     from ..server.context import ServerContext
 
-__all__ = ["MilterConnection", "MilterFactory", "PROGRESS_INTERVAL"]
+__all__ = ["MilterConnection", "PROGRESS_INTERVAL"]
 
 log = Logger(namespace="esmtpkit")
 
@@ -59,10 +57,6 @@ _HELD_HOOK = 1  # a hook is pending
 _HELD_CLOSE = 2  # the conversation before a K is closing
 
 _PROGRESS = wire.packet(wire.PROGRESS)
-_CONTINUE = wire.packet(wire.CONTINUE)
-_SKIP = wire.packet(wire.SKIP)
-_TEMPFAIL = wire.packet(wire.TEMPFAIL)
-_CRLF = b"\r\n"
 
 # The verbs of the events, by command.
 _VERBS = {
@@ -83,7 +77,7 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-class MilterConnection(Protocol):
+class MilterConnection(MessageSteps, Protocol):
     """
     One connection from the MTA.
 
@@ -419,131 +413,6 @@ class MilterConnection(Protocol):
             return
         self._release(_HELD_CLOSE)
 
-    # -- the message ----------------------------------------------------------
-
-    def _message(self) -> Content:
-        content = self._content
-        if content is None:
-            if self.session.transaction is None:
-                raise wire.MilterProtocolError("message content without a transaction")
-            content = self._content = Content(self.conversation)
-        return content
-
-    def _header(self, data: bytes) -> None:
-        name, value = wire.splitStrings(data, 2)
-        content = self._message()
-        self.session.learn()
-        # Folded lines come with LF alone; the message has CRLF.
-        folded = value.replace(b"\r\n", b"\n")
-        rawValue = folded.replace(b"\n", _CRLF)
-        assert self.negotiated is not None
-        if not self.negotiated.leadingSpace and rawValue:
-            rawValue = b" " + rawValue
-        raw = name + b":" + rawValue + _CRLF
-        unfolded = folded.replace(b"\n", b"").lstrip(b" \t")
-        content.header(_text(name), _text(unfolded), raw)
-        self._contentAnswer()
-
-    def _eoh(self, data: bytes) -> None:
-        content = self._message()
-        self.session.learn()
-        if content.inHeaders:
-            content.endHeaders(_CRLF)
-        self._contentAnswer()
-
-    def _body(self, data: bytes) -> None:
-        content = self._message()
-        if content.inHeaders:
-            content.endHeaders(_CRLF)
-        content.body(data)
-        self._contentAnswer()
-
-    def _contentAnswer(self) -> None:
-        """
-        Once the content hooks queued so far have run, answer the content
-        event: the refusal if the message was refused, SMFIR_SKIP if BODY
-        wants no more, else SMFIR_CONTINUE.
-        """
-        if self._owed is None:
-            return
-        self.conversation.hooks.later(self._contentAnswered)
-
-    def _contentAnswered(self) -> None:
-        content = self._content
-        if content is not None and content.failure is not None:
-            self._answer(content.failure)
-            return
-        assert self.negotiated is not None
-        if (
-            content is not None
-            and content.skipBody
-            and self._owed == wire.BODY
-            and self.negotiated.skip
-        ):
-            self._write(_SKIP)
-        elif self._owed is not None and not self._closing:
-            self._write(_CONTINUE)
-
-    def _endOfBody(self, data: bytes) -> None:
-        content = self._message()
-        if content.inHeaders:
-            content.endHeaders(_CRLF)
-        if data:
-            content.body(data)
-        self.session.learn()
-        content.finish(self._messageDone)
-
-    def _messageDone(self, result: MessageResult) -> None:
-        content = self._content
-        self._content = None
-        self.session.macros.forgetMessage()
-        reply = result.whole if result.whole is not None else result.single()
-        handler = self.conversation.handler
-        transaction = content.transaction if content is not None else None
-        if (
-            reply.code < 400
-            and transaction is not None
-            and transaction.modified
-            and not (handler is not None and handler.disconnect)
-            and self._owed is not None
-        ):
-            assert self.negotiated is not None
-            packets = modificationPackets(
-                transaction.modifications,
-                self.negotiated.actions,
-                self.negotiated.leadingSpace,
-            )
-            try:
-                first = next(packets, None)
-            except ModificationRefused as e:
-                log.error(
-                    "session {session}: {problem}; message tempfailed",
-                    session=self.session.id,
-                    problem=str(e),
-                )
-                self._write(_TEMPFAIL)
-                return
-            if first is not None:
-                self._sendModifications(first, packets, reply)
-                return
-        self._answer(reply, end=True)
-        if self._draining:
-            self._closeIfIdle()
-
-    def _sendModifications(
-        self, first: bytes, rest: Iterator[bytes], reply: Reply
-    ) -> None:
-        """
-        Write the modification requests, then the verdict. (A replacement
-        body is read in chunks as it is written; the transport buffers
-        what the MTA has not read yet.)
-        """
-        transport = self.transport
-        transport.write(first)
-        for packet in rest:
-            transport.write(packet)
-        self._answer(reply, end=True)
-
 
 _DISPATCH = {
     wire.OPTNEG: "_optneg",
@@ -562,36 +431,3 @@ _DISPATCH = {
     wire.QUIT_NC: "_quitNewConnection",
     wire.UNKNOWN: "_unknown",
 }
-
-
-class MilterFactory(ESMTPFactory):
-    """
-    A factory for milter connections from an MTA: give it to any stream
-    endpoint (C{tcp:PORT:interface=127.0.0.1}, C{unix:/path}). It takes the
-    same handlers, settings and observers as L{ESMTPFactory}.
-
-        >>> endpoint.listen(MilterFactory(MyHandler))
-
-    @ivar progressInterval: seconds between SMFIR_PROGRESS packets while a
-        hook keeps a reply waiting.
-    """
-
-    protocol = MilterConnection  # type: ignore[assignment]
-    requiredSettings = {"maxConnectionsPerPeer": 0}
-    """Every connection comes from the MTA: no limit per address."""
-
-    def __init__(
-        self,
-        handlerFactory: Any,
-        settings: Any = None,
-        *,
-        progressInterval: float = PROGRESS_INTERVAL,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(handlerFactory, settings, **kwargs)
-        self.progressInterval = progressInterval
-
-    def buildProtocol(self, addr: Any) -> MilterConnection:  # type: ignore[override]
-        protocol = MilterConnection(self.context, self.progressInterval)
-        protocol.factory = self
-        return protocol
