@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.logger import formatEvent
 
 from esmtpkit.milter import wire
 from esmtpkit.milter.factory import MilterFactory
@@ -20,6 +21,15 @@ from esmtpkit.testing import LogCollector
 #: What Postfix 3.x offers: version 6, every action, every step flag.
 POSTFIX_ACTIONS = 0x1FF
 POSTFIX_PROTOCOL = 0x1FFFFF
+
+
+class Log(LogCollector):
+    """
+    A L{LogCollector} that can show its events as text.
+    """
+
+    def text(self) -> str:
+        return "\n".join(formatEvent(event) or "" for event in self.events)
 
 
 class FakeMTA:
@@ -33,13 +43,24 @@ class FakeMTA:
     @ivar log: the log events of the server.
     """
 
-    def __init__(self, handler: Any, **options: Any) -> None:
-        self.clock = Clock()
-        self.log = LogCollector()
-        options.setdefault("hostname", "milter.test")
-        self.factory = MilterFactory(
-            handler, clock=self.clock, logObserver=self.log, **options
-        )
+    def __init__(
+        self, handler: Any, factory: MilterFactory | None = None, **options: Any
+    ) -> None:
+        """
+        @param factory: the factory to connect to (another FakeMTA's), or
+            L{None} for a new one for C{handler} with C{options}.
+        """
+        if factory is None:
+            self.clock = Clock()
+            self.log = Log()
+            options.setdefault("hostname", "milter.test")
+            factory = MilterFactory(
+                handler, clock=self.clock, logObserver=self.log, **options
+            )
+        else:
+            self.clock = factory.clock  # type: ignore[assignment]
+            self.log = factory.log.observer  # type: ignore[assignment]
+        self.factory = factory
         self.protocol = self.factory.buildProtocol(None)
         self.transport = StringTransportWithDisconnection(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 8890),
@@ -118,6 +139,14 @@ class FakeMTA:
         milter answered with.
         """
         self.send(command, wire.strings(*strings))
+        return self.packets()
+
+    def data(self, command: bytes, data: bytes = b"") -> list[tuple[bytes, bytes]]:
+        """
+        Send C{command} with C{data} as it is (a body chunk); return the
+        packets the milter answered with.
+        """
+        self.send(command, data)
         return self.packets()
 
     def reply(self, command: bytes, *strings: str | bytes) -> tuple[bytes, bytes]:

@@ -169,7 +169,7 @@ class MilterConnection(MessageSteps, Protocol):
             self._draining
             and self.session.transaction is None
             and self._owed is None
-            and (hooks is None or hooks.idle)
+            and (hooks is None or hooks.pending is None)
         ):
             self._close()
 
