@@ -133,7 +133,9 @@ class FakeMTA:
             data += struct.pack("!H", port) + address.encode() + b"\0"
         self.send(wire.CONNECT, data)
 
-    def command(self, command: bytes, *strings: str | bytes) -> list[tuple[bytes, bytes]]:
+    def command(
+        self, command: bytes, *strings: str | bytes
+    ) -> list[tuple[bytes, bytes]]:
         """
         Send C{command} with NUL-ended C{strings}; return the packets the
         milter answered with.

@@ -11,7 +11,6 @@ import struct
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 
 from esmtpkit import ESMTPHandler
@@ -260,9 +259,7 @@ class ReplyTests(SynchronousTestCase):
         """
         reply = Reply(550, "No such user", "at 100% sure", enhanced="5.1.1")
         text = formatReply(reply)
-        self.assertEqual(
-            text, "550-5.1.1 No such user\r\n550 5.1.1 at 100%% sure"
-        )
+        self.assertEqual(text, "550-5.1.1 No such user\r\n550 5.1.1 at 100%% sure")
         for line in formatReply(Reply(451, "busy")).split("\r\n"):
             self.assertRegex(line, _POSTFIX_LINE)
         for line in text.split("\r\n"):
@@ -454,7 +451,9 @@ class ConnectionTests(SynchronousTestCase):
         mta.macros(wire.HELO, tls_version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384")
         mta.command(wire.HELO, "client.example")
         mta.macros(wire.MAIL, auth_authen="alice", auth_type="PLAIN")
-        mta.command(wire.MAIL, "<a@example.org>", "SIZE=1234", "BODY=8BITMIME", "ENVID=x+2By")
+        mta.command(
+            wire.MAIL, "<a@example.org>", "SIZE=1234", "BODY=8BITMIME", "ENVID=x+2By"
+        )
         mta.macros(wire.RCPT, i="4XyZ12", rcpt_addr="b@example.org")
         mta.command(wire.RCPT, "<b@example.org>", "NOTIFY=NEVER", "ORCPT=rfc822;b+40x")
         session = mta.session
@@ -470,10 +469,16 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(session.macros["{rcpt_addr}"], "b@example.org")
         calls = Recorder.instances[0].calls
         self.assertEqual(
-            calls[2], ("MAIL", "a@example.org", {"SIZE": "1234", "BODY": "8BITMIME", "ENVID": "x+y"})
+            calls[2],
+            (
+                "MAIL",
+                "a@example.org",
+                {"SIZE": "1234", "BODY": "8BITMIME", "ENVID": "x+y"},
+            ),
         )
         self.assertEqual(
-            calls[3], ("RCPT", "b@example.org", {"NOTIFY": "NEVER", "ORCPT": "rfc822;b@x"})
+            calls[3],
+            ("RCPT", "b@example.org", {"NOTIFY": "NEVER", "ORCPT": "rfc822;b@x"}),
         )
         self.assertEqual(calls[1], ("EHLO", "client.example"))
 
@@ -606,7 +611,9 @@ class ContentTests(SynchronousTestCase):
         mta.start()
         _message(mta)
         command, data = mta.reply(wire.HEADER, "Subject", " buy spam")
-        self.assertEqual((command, replyText(data)), (wire.REPLYCODE, "554 5.7.1 Spam subject"))
+        self.assertEqual(
+            (command, replyText(data)), (wire.REPLYCODE, "554 5.7.1 Spam subject")
+        )
         self.assertEqual(Recorder.instances[0].names()[-1], "ABORT")
         command, data = mta.reply(wire.BODYEOB)
         self.assertEqual(replyText(data), "554 5.7.1 Spam subject")
@@ -663,7 +670,10 @@ class ModificationTests(SynchronousTestCase):
             [
                 (wire.ADDHEADER, wire.strings("X-Added", " one\n two")),
                 (wire.INSHEADER, struct.pack("!I", 0) + wire.strings("X-Top", " top")),
-                (wire.CHGHEADER, struct.pack("!I", 2) + wire.strings("Subject", " new")),
+                (
+                    wire.CHGHEADER,
+                    struct.pack("!I", 2) + wire.strings("Subject", " new"),
+                ),
                 (wire.CHGHEADER, struct.pack("!I", 1) + wire.strings("X-Gone", "")),
                 (wire.CHGFROM, wire.strings("<new@example.org>", "SIZE=10")),
                 (wire.ADDRCPT, wire.strings("<c@example.org>")),
@@ -674,7 +684,10 @@ class ModificationTests(SynchronousTestCase):
         bodies = [data for command, data in packets if command == wire.REPLBODY]
         self.assertEqual([len(b) for b in bodies], [65535, 70000 - 65535, 5])
         self.assertEqual(b"".join(bodies), b"x" * 70000 + b"end\r\n")
-        self.assertEqual(packets[-2:], [(wire.QUARANTINE, wire.strings("suspicious")), (wire.ACCEPT, b"")])
+        self.assertEqual(
+            packets[-2:],
+            [(wire.QUARANTINE, wire.strings("suspicious")), (wire.ACCEPT, b"")],
+        )
 
     def test_emptyBody(self) -> None:
         packets = self.changed(lambda m: m.replaceBody(b""))
@@ -696,7 +709,8 @@ class ModificationTests(SynchronousTestCase):
         Without SMFIP_HDR_LEADSPC the MTA adds the space itself.
         """
         packets = self.changed(
-            lambda m: m.addHeader("X-A", "1"), protocol=0x1FFFFF & ~wire.SMFIP_HDR_LEADSPC
+            lambda m: m.addHeader("X-A", "1"),
+            protocol=0x1FFFFF & ~wire.SMFIP_HDR_LEADSPC,
         )
         self.assertEqual(packets[0], (wire.ADDHEADER, wire.strings("X-A", "1")))
 
@@ -714,6 +728,3 @@ class DrainTests(SynchronousTestCase):
         self.assertFalse(busy.closed)
         self.assertEqual(busy.reply(wire.BODYEOB), (wire.ACCEPT, b""))
         self.assertTrue(busy.closed)
-
-    def test_transport(self) -> None:
-        self.assertIsInstance(FakeMTA(ESMTPHandler).transport, StringTransportWithDisconnection)
