@@ -156,7 +156,8 @@ def test_policyThroughPostfix(
     # spaces and folding kept), without Postfix's own Received: header;
     # Postfix counts that one all the same: index 0 inserts above it.
     assert "headers=From,To,Subject,X-Folded " in text, text
-    assert f"raw={MESSAGE.index(b'\r\n\r\n') + 4}" in text, text
+    headerSize = MESSAGE.index(b"\r\n\r\n") + 4
+    assert f"raw={headerSize}" in text, text
     assert names[1:4] == ["x-milter-top", "received", "from"], names
     assert "milter protocol error" not in milterServer.output()
     assert "Traceback" not in milterServer.output()
