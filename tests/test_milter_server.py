@@ -33,6 +33,7 @@ class Recorder(ESMTPHandler):
     """
 
     instances: list[Recorder] = []
+    milterReplyToHeaders = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -129,6 +130,22 @@ class NegotiationTests(SynchronousTestCase):
         self.assertEqual(
             protocol, wire.SMFIP_HDR_LEADSPC | wire.SMFIP_SKIP, hex(protocol)
         )
+
+    def test_headersNotAnswered(self) -> None:
+        """
+        By default HEADER and EOH are not answered, even when overridden.
+        """
+
+        class Headers(ESMTPHandler):
+            def HEADER(self, name: str, value: str) -> Any:
+                pass
+
+            def EOH(self) -> Any:
+                pass
+
+        _, _, protocol, _ = FakeMTA(Headers).negotiate()
+        self.assertTrue(protocol & wire.SMFIP_NR_HDR)
+        self.assertTrue(protocol & wire.SMFIP_NR_EOH)
 
     def test_handlerActionsAndMacros(self) -> None:
         """
@@ -618,6 +635,28 @@ class ContentTests(SynchronousTestCase):
         command, data = mta.reply(wire.BODYEOB)
         self.assertEqual(replyText(data), "554 5.7.1 Spam subject")
         self.assertNotIn("EOM", Recorder.instances[0].names())
+
+    def test_refuseAtHeaderNoReply(self) -> None:
+        """
+        By default HEADER is not answered: its refusal is answered at the
+        next event that is, here the end of the body.
+        """
+
+        class Picky(ESMTPHandler):
+            def HEADER(self, name: str, value: str) -> Any:
+                raise ReplyError(554, "5.7.1 Spam subject")
+
+        mta = FakeMTA(Picky)
+        mta.start()
+        _message(mta)
+        self.assertEqual(mta.command(wire.HEADER, "Subject", " buy spam"), [])
+        self.assertEqual(mta.command(wire.HEADER, "From", " x"), [])
+        self.assertIsNone(mta.session.transaction)
+        command, data = mta.reply(wire.BODYEOB)
+        self.assertEqual(
+            (command, replyText(data)), (wire.REPLYCODE, "554 5.7.1 Spam subject")
+        )
+        self.assertEqual(mta.session.messages, 0)
 
     def test_skipBody(self) -> None:
         """

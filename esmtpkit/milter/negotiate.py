@@ -13,6 +13,10 @@ at each stage. L{negotiate} makes that answer for a handler class:
   - a step whose hook is unchanged but which fills the session (CONNECT,
     HELO, MAIL, RCPT, HEADER) is still sent, without a reply (SMFIP_NR_*),
     so that the handler's session and transaction are complete at EOM;
+  - HEADER and EOH are never answered (their hooks cannot reply, only
+    refuse the message, which is answered at the next body chunk or at the
+    end of the body), unless the handler sets C{milterReplyToHeaders =
+    True} to have a refusal answered at the header itself;
   - every modification action is declared, unless the handler names its
     own (C{milterActions}, a mask of C{SMFIF_*});
   - header values come with their leading space (SMFIP_HDR_LEADSPC), so
@@ -165,6 +169,11 @@ def negotiate(
     for command, hooks in _INFORMING:
         if not any(overridden(handlerClass, hook) for hook in hooks):
             steps |= wire.STEP_FLAGS[command][1]
+    if not getattr(handlerClass, "milterReplyToHeaders", False):
+        # HEADER and EOH answer nothing: a refusal (ReplyError) is answered
+        # at the next event that is (a body chunk, the end of the body), as
+        # SMTP answers it after the end of the data.
+        steps |= wire.SMFIP_NR_HDR | wire.SMFIP_NR_EOH
     steps |= wire.SMFIP_HDR_LEADSPC
     if overridden(handlerClass, "BODY"):
         steps |= wire.SMFIP_SKIP

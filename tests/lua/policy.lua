@@ -29,7 +29,7 @@ check(mt.rcptto(conn, "<dave@example.org>") == nil, "rcpt dave")
 check(mt.data(conn) == nil, "data")
 check(mt.getreply(conn) == SMFIR_CONTINUE, "data continues")
 check(mt.header(conn, "From", " Alice <alice@sender.test>") == nil, "header From")
-check(mt.getreply(conn) == SMFIR_CONTINUE, "header continues")
+check(mt.test_option(conn, SMFIP_NR_HDR), "headers not answered")
 check(mt.header(conn, "Subject", " hello") == nil, "header Subject")
 -- The handler has neither EOH nor BODY: the milter asked not to get them.
 check(mt.test_option(conn, SMFIP_NOEOH), "no EOH asked for")
@@ -47,7 +47,9 @@ check(mt.eom_check(conn, MT_RCPTDELETE, "<dave@example.org>"), "recipient delete
 check(mt.mailfrom(conn, "<alice@sender.test>") == nil, "second mail")
 check(mt.rcptto(conn, "<bob@example.org>") == nil, "second rcpt")
 check(mt.header(conn, "Subject", " a forbidden word") == nil, "forbidden Subject")
+check(mt.eom(conn) == nil, "second eom")
 check(mt.getreply(conn) == SMFIR_REPLYCODE, "Subject refused with a reply code")
+check(not mt.eom_check(conn, MT_HDRADD), "nothing added to the refused message")
 
 -- A third one, tempfailed at DATA for its sender, then aborted.
 check(mt.abort(conn) == nil, "abort")
