@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import tempfile
 from pathlib import Path
 
 from esmtpkit import ESMTPHandler, ESMTPService
@@ -72,8 +71,7 @@ def _broken(port: int) -> bytes:
 
 def test_twistdTcpAndUnix(tmp_path: Path) -> None:
     port = freePort()
-    folder = Path(tempfile.mkdtemp(prefix="esmtpkit-milter-", dir="/tmp"))
-    path = str(folder / "milter.sock")
+    path = str(tmp_path / "milter.sock")
     args = ["-n", "--pidfile=", "esmtpkit"]
     args += [
         "-p",

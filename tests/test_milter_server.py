@@ -743,6 +743,28 @@ class ModificationTests(SynchronousTestCase):
         )
         self.assertEqual(packets, [(wire.TEMPFAIL, b"")])
 
+    def test_failingBody(self) -> None:
+        """
+        A replacement body whose source fails half way tempfails the
+        message; the failure is logged.
+        """
+
+        def chunks() -> Any:
+            yield b"x" * 70000
+            raise OSError("disk gone")
+
+        class Changer(ESMTPHandler):
+            def EOM(self) -> Any:
+                self.session.transaction.modifications.replaceBody(chunks())
+
+        mta = FakeMTA(Changer)
+        mta.start()
+        _message(mta)
+        packets = mta.command(wire.BODYEOB)
+        self.assertEqual(packets[-1], (wire.TEMPFAIL, b""))
+        self.assertNotIn((wire.ACCEPT, b""), packets)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
     def test_noLeadingSpace(self) -> None:
         """
         Without SMFIP_HDR_LEADSPC the MTA adds the space itself.
