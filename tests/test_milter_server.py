@@ -679,6 +679,30 @@ class ContentTests(SynchronousTestCase):
         self.assertEqual(mta.session.messages, 1)
 
 
+class SkipBodyStandAloneTests(SynchronousTestCase):
+    def test_smtp(self) -> None:
+        """
+        SKIP_BODY works stand-alone too: BODY is not called again, the
+        message is still counted and accepted.
+        """
+        from esmtpkit.testing import SMTPTestConnection
+
+        calls: list[bytes] = []
+
+        class Enough(ESMTPHandler):
+            def BODY(self, chunk: bytes) -> Any:
+                calls.append(chunk)
+                return SKIP_BODY
+
+        connection = SMTPTestConnection(Enough, chunkSize=10)
+        connection.command("EHLO client.example")
+        connection.command("MAIL FROM:<a@example.org>")
+        connection.command("RCPT TO:<b@example.org>")
+        reply = connection.sendMessage(b"Subject: x\r\n\r\n" + b"y" * 100 + b"\r\n")
+        self.assertEqual(reply.code, 250)
+        self.assertEqual(calls, [b"y" * 10])
+
+
 class ModificationTests(SynchronousTestCase):
     def changed(self, change: Any, **negotiation: Any) -> list[tuple[bytes, bytes]]:
         class Changer(ESMTPHandler):
