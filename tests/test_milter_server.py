@@ -463,7 +463,13 @@ class ConnectionTests(SynchronousTestCase):
         """
         mta = FakeMTA(Recorder)
         mta.negotiate()
-        mta.macros(wire.CONNECT, j="mx.example.net", daemon_name="smtpd")
+        mta.macros(
+            wire.CONNECT,
+            j="mx.example.net",
+            daemon_name="smtpd",
+            daemon_addr="198.51.100.25",
+            daemon_port="25",
+        )
         mta.connect("client.example", address="203.0.113.9")
         mta.macros(wire.HELO, tls_version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384")
         mta.command(wire.HELO, "client.example")
@@ -477,6 +483,7 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(session.peerHost, "203.0.113.9")
         self.assertEqual(session.peerName, "client.example")
         self.assertEqual(session.hostname, "mx.example.net")
+        self.assertEqual((session.host.host, session.host.port), ("198.51.100.25", 25))
         self.assertEqual(session.heloName, "client.example")
         self.assertEqual(session.tls.version, "TLSv1.3")
         self.assertEqual(session.tls.cipher, "TLS_AES_256_GCM_SHA384")

@@ -36,7 +36,7 @@ from ..core.content import Content
 from ..core.conversation import Conversation
 from ..reply import Reply
 from . import wire
-from .macros import MilterSession, parseArguments, parseConnect
+from .macros import MilterSession, daemonAddress, parseArguments, parseConnect
 from .message import MessageSteps
 from .negotiate import Negotiated, negotiate, overridden
 from .replies import verdict
@@ -364,6 +364,9 @@ class MilterConnection(MessageSteps, Protocol):
         hostname = macros.get("j")
         if hostname:
             session.hostname = hostname
+        host = daemonAddress(macros)
+        if host is not None:
+            session.host = host
         session.learn()
         for notify in self.server.events.connectionOpened:
             notify(session)
