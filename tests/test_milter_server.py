@@ -421,6 +421,28 @@ class ConnectionTests(SynchronousTestCase):
         self.assertNotIn("j", mta.session.macros)
         self.assertEqual(Recorder.instances[1].names(), ["CONNECT"])
 
+    def test_lostWhileClosingAfterK(self) -> None:
+        """
+        The connection is lost while the conversation before a K is still
+        closing (DISCONNECT pending): it ends all the same, once.
+        """
+        pending: list[Deferred[Any]] = []
+
+        class SlowBye(ESMTPHandler):
+            def DISCONNECT(self) -> Any:
+                pending.append(Deferred())
+                return pending[-1]
+
+        mta = FakeMTA(SlowBye)
+        mta.start()
+        mta.send(wire.QUIT_NC)
+        limits = mta.factory.context.limits
+        mta.close()
+        self.assertIn(mta.protocol, limits.ending)
+        pending[0].callback(None)
+        self.assertEqual(limits.ending, {})
+        self.assertEqual(limits.connections, {})
+
     def test_connectionLost(self) -> None:
         """
         A lost connection closes the conversation: ABORT, then DISCONNECT.

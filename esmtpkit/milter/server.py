@@ -432,6 +432,9 @@ class MilterConnection(MessageSteps, Protocol):
 
     def _reopen(self) -> None:
         if self._closing:
+            # Lost while the conversation closed: its close, asked again by
+            # connectionLost, was this one.
+            self.server.limits.ended(self)
             return
         self._newConversation()
         if not self.conversation.start(self.server.handlerFactory, self):
