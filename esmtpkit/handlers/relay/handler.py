@@ -17,6 +17,7 @@ from ...received import receivedHeader
 from ...reply import HookResult, Reply, ReplyError
 from ...session import Params
 from .client import DotStuffer, UpstreamError, UpstreamLost, UpstreamProtocolError
+from .options import RelayOptions
 from .upstream import (
     UpstreamConfig,
     UpstreamSession,
@@ -62,7 +63,21 @@ class Relay(ESMTPHandler):
     <esmtpkit.session.Transaction.modified>}, set by a handler before this
     one in a chain) is not forwarded (451 4.3.0): the message has streamed
     upstream already, and changing it needs it held back.
+
+    Under C{twistd esmtpkit}, L{RelayOptions} are its options
+    (C{--handler-option host=mx.example --handler-option tls=required}).
     """
+
+    Options = RelayOptions
+
+    @classmethod
+    def fromHandlerOptions(cls, options: RelayOptions) -> Any:
+        """
+        The handler factory for C{twistd esmtpkit}: the upstream
+        configuration is checked and made once, at start-up.
+        """
+        keywords = options.relayKeywords()
+        return lambda: cls(**keywords)
 
     def __init__(
         self,
