@@ -15,8 +15,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from esmtpkit import ESMTPFactory, LMTPFactory, PerRecipient
-from esmtpkit.handlers import Relay
+from esmtpkit import NO_OPINION, ESMTPFactory, ESMTPHandler, LMTPFactory, PerRecipient
+from esmtpkit.handlers import Chain, Relay
 from esmtpkit.security.auth import makePortal
 from esmtpkit.security.tls import ServerTLS
 from esmtpkit.testing import dotStuff
@@ -405,6 +405,84 @@ class RelayTests(TestCase):
         self.assertTrue(text.startswith(b"4.3.0 "), text)
         await waitUntil(lambda: not self.upstreamFactory.connections, timeout=10)
         self.assertEqual(self.delivered(), [])
+
+
+class Refuse(ESMTPHandler):
+    """
+    A chain member that refuses one recipient at RCPT (and has no opinion
+    on the others).
+    """
+
+    address = "carol@example.org"
+
+    def RCPT(self, recipient: str, params: Any) -> Any:
+        if recipient == self.address:
+            return (550, "5.7.1 Not this one")
+        return NO_OPINION
+
+
+class RelayChainTests(TestCase):
+    """
+    The relay in a L{Chain}: the upstream envelope follows the client's.
+    """
+
+    timeout = 60
+
+    async def relayed(self, members: Any) -> tuple[UpstreamScript, Any]:
+        script = UpstreamScript()
+        path = str(Path(self.mktemp()) / "Maildir")
+        upstream = await listen(
+            self, ESMTPFactory(lambda: Upstream(path, script), hostname="up.test")
+        )
+
+        def relay() -> Relay:
+            return Relay(LOOPBACK, upstream, reactor=reactor, commandTimeout=10)
+
+        factory = ESMTPFactory(Chain.factory(members(relay)), hostname="relay.test")
+        port = await listen(self, factory)
+
+        def client() -> Any:
+            with smtp(port) as s:
+                s.mail("alice@sender.test")
+                replies = [s.rcpt(r)[0] for r in ("bob@example.org", Refuse.address)]
+                return replies, s.data(MESSAGE)[0]
+
+        replies = await deferToThread(client)
+        await waitUntil(lambda: "QUIT" in script.commands)
+        return script, replies
+
+    async def test_filterFirst(self) -> None:
+        """
+        A filter before the relay refuses a recipient: the upstream never
+        hears of it.
+        """
+        script, replies = await self.relayed(lambda relay: [Refuse, relay])
+        self.assertEqual(replies, ([250, 550], 250))
+        self.assertEqual(
+            script.commands,
+            ["MAIL alice@sender.test", "RCPT bob@example.org", "DATA", "QUIT"],
+        )
+
+    async def test_refusedAfterRelay(self) -> None:
+        """
+        A member after the relay refuses a recipient the upstream accepted:
+        at DATA the relay starts the upstream transaction again without it.
+        """
+        script, replies = await self.relayed(lambda relay: [relay, Refuse])
+        self.assertEqual(replies, ([250, 550], 250))
+        self.assertEqual(
+            script.commands,
+            [
+                "MAIL alice@sender.test",
+                "RCPT bob@example.org",
+                "RCPT carol@example.org",
+                "RSET",
+                "MAIL alice@sender.test",
+                "RCPT bob@example.org",
+                "DATA",
+                "QUIT",
+            ],
+        )
 
 
 class RelayTLSTests(TestCase):
