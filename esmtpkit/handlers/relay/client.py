@@ -141,6 +141,7 @@ class SMTPClient(LineReceiver):
         what the server would answer next is unknown).
         """
         if self.connected and self.transport is not None:
+            self.connected = False  # at once: connectionLost comes later
             self.transport.abortConnection()
 
     def _fail(self, error: UpstreamError) -> None:
@@ -197,6 +198,8 @@ class SMTPClient(LineReceiver):
         self.abort()
 
     def lineReceived(self, line: bytes) -> None:
+        if not self.connected:
+            return  # dropped: what else was read with this line is moot
         text = line.decode("utf-8", "surrogateescape")
         if len(text) < 3 or not text[:3].isdigit() or text[3:4] not in ("", " ", "-"):
             self._protocolError(f"not an SMTP reply: {text[:80]!r}")
