@@ -9,6 +9,7 @@ C{--handler-option}s.
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import pytest
@@ -43,6 +44,8 @@ from esmtpkit.handlers.relay.upstream import (
 from esmtpkit.interfaces import IESMTPHandler
 from esmtpkit.server.startup import StartupError
 from esmtpkit.session import Params
+
+from .helpers import twistdExecutable
 
 
 def connected(greetingTimeout: float = 5) -> tuple[SMTPClient, Any, Clock]:
@@ -409,3 +412,39 @@ def test_badHandlerOption(pairs: list[str], message: str) -> None:
     assert "\n" not in text
     assert text.startswith("esmtpkit: --handler esmtpkit.handlers.Relay: ")
     assert message in text, text
+
+
+def twistd(*args: str, cwd: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [twistdExecutable(), "-n", "--pidfile=", "esmtpkit", *args],
+        cwd=cwd,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_twistdHelpAndBadValue(tmp_path: Any) -> None:
+    """
+    C{--help} lists the relay's options with their defaults; a bad value is
+    one line on standard error and exit status 1, before anything listens.
+    """
+    relay = ("--handler", "esmtpkit.handlers.Relay")
+    shown = twistd(*relay, "--help", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "Options of esmtpkit.handlers.Relay" in shown.stdout
+    assert "tls=VALUE" in shown.stdout and "[default: opportunistic]" in shown.stdout
+    bad = twistd(
+        *relay,
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--handler-option",
+        "tls=maybe",
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines() == [
+        "esmtpkit: --handler esmtpkit.handlers.Relay: tls: 'maybe' is not one of "
+        "required, opportunistic, off"
+    ], bad.stderr
