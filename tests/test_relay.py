@@ -74,11 +74,12 @@ class RelayTests(TestCase):
         return await listen(self, factory)
 
     async def relay(self, port: int, face: str = "smtp", **options: Any) -> int:
+        options.setdefault("host", LOOPBACK)
         options.setdefault("commandTimeout", 10)
         options.setdefault("dataTimeout", 10)
         kind = LMTPFactory if face == "lmtp" else ESMTPFactory
         factory = kind(
-            lambda: Relay(LOOPBACK, port, reactor=reactor, **options),
+            lambda: Relay(port=port, reactor=reactor, **options),
             hostname="relay.test",
         )
         self.relayFactory = factory
@@ -374,6 +375,56 @@ class RelayTests(TestCase):
         self.assertEqual(second, (452, b"4.2.2 Mailbox full"))
         self.assertEqual(await deferToThread(smtpClient), (452, b"4.2.2 Mailbox full"))
 
+    async def test_lmtpUpstreamOnUnixSocket(self) -> None:
+        """
+        An LMTP upstream on a unix socket (host is its path): LHLO, and the
+        message delivered.
+        """
+        script, path = self.script, str(self.maildir)
+        factory = LMTPFactory(lambda: Upstream(path, script), hostname="lmtp.test")
+        socketPath = str(Path(self.mktemp()).absolute()) + ".sock"
+        listening = reactor.listenUNIX(socketPath, factory)
+        self.addCleanup(listening.stopListening)
+        port = await self.relay(1, host=socketPath, lmtp=True, tls="off")
+
+        def client() -> Any:
+            with smtp(port) as s:
+                s.mail("alice@sender.test")
+                s.rcpt("bob@example.org")
+                return s.data(MESSAGE)
+
+        self.assertEqual((await deferToThread(client))[0], 250)
+        self.assertEqual(self.script.helos, ["relay.test"])
+        self.assertEqual(len(self.delivered()), 1)
+        await waitUntil(lambda: not factory.connections, timeout=10)
+
+    async def test_pipelinedClient(self) -> None:
+        """
+        A client that pipelines MAIL, RCPTs and DATA gets the upstream's
+        replies in order.
+        """
+        self.script.refuse = {"nobody@example.org"}
+        port = await self.relay(await self.upstream())
+
+        def client() -> list[Any]:
+            with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+                readReplies(sock, 1)
+                sock.sendall(b"EHLO client.test\r\n")
+                readReplies(sock, 1)
+                sock.sendall(
+                    b"MAIL FROM:<alice@sender.test>\r\n"
+                    b"RCPT TO:<nobody@example.org>\r\n"
+                    b"RCPT TO:<bob@example.org>\r\n"
+                    b"DATA\r\n"
+                )
+                replies, _ = readReplies(sock, 4)
+                sock.sendall(dotStuff(MESSAGE) + b"QUIT\r\n")
+                more, _ = readReplies(sock, 2)
+                return [r.code for r in replies + more]
+
+        self.assertEqual(await deferToThread(client), [250, 550, 250, 354, 250, 221])
+        self.assertEqual(len(self.delivered()), 1)
+
     async def test_modificationsRefused(self) -> None:
         """
         A message with modifications asked before the relay's EOM (as by an
@@ -597,7 +648,8 @@ class ScriptedUpstream(Protocol):
     """
     An upstream that speaks just enough SMTP by hand: it records every byte
     and, after the 354, closes the connection once C{cutAfter} bytes of the
-    message have come (if set).
+    message have come (if set); C{silent}, it never answers the end of a
+    message.
     """
 
     def __init__(self, owner: Any) -> None:
@@ -632,7 +684,11 @@ class ScriptedUpstream(Protocol):
                 self.owner.messages.append(self.buffer)
                 self.buffer = b""
                 self.inData = False
-                self.transport.write(b"250 2.0.0 taken\r\n")
+                if not self.owner.silent:
+                    self.transport.write(b"250 2.0.0 taken\r\n")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.owner.lost += 1
 
 
 class ScriptedTests(TestCase):
@@ -643,8 +699,12 @@ class ScriptedTests(TestCase):
 
     timeout = 60
 
-    async def setUpRelay(self, cutAfter: int | None = None) -> int:
+    async def setUpRelay(
+        self, cutAfter: int | None = None, silent: bool = False, **settings: Any
+    ) -> int:
         self.received = b""
+        self.silent = silent
+        self.lost = 0
         self.messages: list[bytes] = []
         self.cutAfter = cutAfter
         factory = Factory.forProtocol(lambda: ScriptedUpstream(self))
@@ -660,6 +720,7 @@ class ScriptedTests(TestCase):
                 commandTimeout=10,
             ),
             hostname="relay.test",
+            **settings,
         )
         return await listen(self, relay)
 
@@ -703,3 +764,25 @@ class ScriptedTests(TestCase):
         self.assertEqual(code, 451)
         self.assertTrue(text.startswith(b"4.4.2 "), text)
         self.assertEqual(self.messages, [])
+
+    async def test_hookTimeoutDropsUpstream(self) -> None:
+        """
+        A server hook timeout shorter than the relay's data timeout: the
+        client gets esmtpkit's 451 4.3.0, and the cancelled EOM drops the
+        upstream connection at once.
+        """
+        port = await self.setUpRelay(silent=True, hookTimeout=0.5)
+
+        def client() -> Any:
+            with smtp(port) as s:
+                s.mail("alice@sender.test")
+                s.rcpt("bob@example.org")
+                return s.data(b"Subject: x\r\n\r\nbody\r\n")
+
+        started = reactor.seconds()
+        code, text = await deferToThread(client)
+        self.assertEqual(code, 451)
+        self.assertTrue(text.startswith(b"4.3.0 "), text)
+        self.assertEqual(len(self.messages), 1)
+        await waitUntil(lambda: self.lost == 1, timeout=5)
+        self.assertLess(reactor.seconds() - started, 5)

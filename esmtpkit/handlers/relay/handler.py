@@ -100,7 +100,8 @@ class Relay(ESMTPHandler):
         config: UpstreamConfig | None = None,
     ) -> None:
         """
-        @param host: the upstream server's host name or address.
+        @param host: the upstream server's host name or address, or the
+            path of its unix socket (starting with C{/}; LMTP, say).
         @param port: its port (default 25, or 24 with C{lmtp}).
         @param tls: STARTTLS upstream: C{"required"} (else 451 4.7.5),
             C{"opportunistic"} (when offered; the certificate is not

@@ -33,7 +33,13 @@ class RelayOptions(HandlerOptions):
     """
 
     optParameters = [
-        ["host", None, "localhost", "The upstream server's host name or address."],
+        [
+            "host",
+            None,
+            "localhost",
+            "The upstream server's host name or address, or its unix socket "
+            "(a path starting with /).",
+        ],
         [
             "port",
             None,

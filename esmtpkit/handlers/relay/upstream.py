@@ -14,7 +14,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    UNIXClientEndpoint,
+    connectProtocol,
+)
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.ssl import (
     Certificate,
@@ -99,8 +103,9 @@ class UpstreamConfig:
     """
     Where and how the relay talks to its upstream.
 
-    @ivar host: the upstream's host name or IP address.
-    @ivar port: its port.
+    @ivar host: the upstream's host name or IP address, or the path of its
+        unix socket (starting with C{/}).
+    @ivar port: its port (ignored for a unix socket).
     @ivar tls: C{"required"} (STARTTLS must succeed, the certificate is
         verified unless C{verify} is off), C{"opportunistic"} (STARTTLS when
         offered, without verification; plain text otherwise) or C{"off"}.
@@ -221,10 +226,13 @@ async def openSession(
     @raise UpstreamError: it could not be done (the connection is closed).
     """
     client = SMTPClient(reactor, config.commandTimeout)
-    endpoint = HostnameEndpoint(
-        reactor, config.host, config.port, timeout=config.connectTimeout or 30
-    )
-    where = f"{config.host}:{config.port}"
+    timeout = config.connectTimeout or 30
+    if config.host.startswith("/"):
+        endpoint: Any = UNIXClientEndpoint(reactor, config.host, timeout=timeout)
+        where = config.host
+    else:
+        endpoint = HostnameEndpoint(reactor, config.host, config.port, timeout=timeout)
+        where = f"{config.host}:{config.port}"
     try:
         await connectProtocol(endpoint, client)
     except (ConnectError, DNSLookupError, OSError) as e:
