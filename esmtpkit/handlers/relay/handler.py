@@ -249,9 +249,11 @@ class Relay(ESMTPHandler):
         upstream = self._open()
         if upstream is None or self._sender is None:
             # MAIL went unmirrored (answered by another handler) or the
-            # session was lost: the envelope is sent again at DATA.
+            # session was lost: the envelope is sent again first.
             try:
-                await self._envelope()
+                refusal = await self._envelope()
+                if refusal is not None:
+                    return refusal
                 upstream = self._open()
                 if upstream is None:
                     raise UpstreamLost("no session")
