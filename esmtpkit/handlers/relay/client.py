@@ -109,6 +109,7 @@ class SMTPClient(LineReceiver):
 
     delimiter = b"\r\n"
     MAX_LENGTH = 4096
+    transport: Any  # a TCP or unix transport: a consumer, and can start TLS
 
     def __init__(self, clock: IReactorTime, greetingTimeout: float) -> None:
         self.clock = clock
@@ -134,6 +135,13 @@ class SMTPClient(LineReceiver):
         self.connected = False
         self.lostReason = reason
         self._fail(UpstreamLost(f"connection lost: {reason.getErrorMessage()}"))
+
+    def close(self) -> None:
+        """
+        Close the connection once what was written has been sent.
+        """
+        if self.connected and self.transport is not None:
+            self.transport.loseConnection()
 
     def abort(self) -> None:
         """

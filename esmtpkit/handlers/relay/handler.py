@@ -209,7 +209,7 @@ class Relay(ESMTPHandler):
 
     # -- the envelope ---------------------------------------------------------
 
-    async def MAIL(self, sender: str, params: Params) -> HookResult:  # type: ignore[override]
+    async def MAIL(self, sender: str, params: Params) -> HookResult:
         """
         Open the upstream session if needed and send MAIL: its reply is the
         client's. A session kept from an earlier transaction that turns out
@@ -239,7 +239,7 @@ class Relay(ESMTPHandler):
             self._sender = sender
         return self._passOn(reply)
 
-    async def RCPT(self, recipient: str, params: Params) -> HookResult:  # type: ignore[override]
+    async def RCPT(self, recipient: str, params: Params) -> HookResult:
         """
         Send RCPT upstream: its reply is the client's.
         """
@@ -319,7 +319,7 @@ class Relay(ESMTPHandler):
 
     # -- the message ------------------------------------------------------
 
-    async def DATA(self) -> HookResult:  # type: ignore[override]
+    async def DATA(self) -> HookResult:
         """
         Send DATA upstream; a refusal is the client's, a 354 lets the
         message in.
@@ -372,9 +372,9 @@ class Relay(ESMTPHandler):
     def _writeFailed(self, failure: Failure) -> None:
         failure.trap(UpstreamError)
         self._drop()
-        raise ReplyError(errorReply(failure.value))
+        raise ReplyError(errorReply(failure.value))  # type: ignore[arg-type]
 
-    async def EOM(self) -> HookResult:  # type: ignore[override]
+    async def EOM(self) -> Reply | PerRecipient:
         """
         End the message upstream and answer with the upstream's reply (under
         LMTP, its reply for each recipient).
@@ -401,12 +401,11 @@ class Relay(ESMTPHandler):
         for ok, value in results:
             if ok:
                 replies.append(self._passOn(value))
-            else:
-                error = value.value if isinstance(value.value, UpstreamError) else None
-                if error is None:
-                    value.raiseException()
-                self._drop()
-                replies.append(errorReply(error))
+                continue
+            failure: Failure = value  # type: ignore[assignment]
+            failure.trap(UpstreamError)
+            self._drop()
+            replies.append(errorReply(failure.value))  # type: ignore[arg-type]
         if not self.config.lmtp and not refused:
             return replies[0]
         return self._perRecipient(transaction.recipients, accepted, replies, refused)
@@ -435,7 +434,7 @@ class Relay(ESMTPHandler):
 
     # -- the end of a transaction and of the session ----------------------
 
-    async def ABORT(self) -> None:  # type: ignore[override]
+    async def ABORT(self) -> None:
         """
         The client's transaction ended unfinished: RSET upstream, or, in the
         middle of the message, drop the session (the upstream discards an
@@ -468,4 +467,4 @@ class Relay(ESMTPHandler):
             client.abort()
             return
         quitting = client.command("QUIT", min(self.config.commandTimeout or 10, 10))
-        quitting.addBoth(lambda _: client.transport.loseConnection())
+        quitting.addBoth(lambda _: client.close())

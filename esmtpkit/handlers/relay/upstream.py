@@ -212,7 +212,7 @@ class UpstreamSession:
         """
         Whether the connection is still open.
         """
-        return self.client.connected
+        return bool(self.client.connected)
 
 
 async def openSession(
