@@ -385,7 +385,6 @@ class Relay(ESMTPHandler):
         if upstream is None or stuffer is None:
             return errorReply(UpstreamLost("during the message"))
         if transaction.modified:
-            # TODO(wt-mods): apply them once a renderer exists.
             self._drop()  # the upstream discards the unfinished message
             return MODIFIED
         accepted, refused = self._accepted, self._refused
