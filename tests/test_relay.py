@@ -40,14 +40,17 @@ MESSAGE = (
 
 def _split(data: bytes) -> tuple[list[bytes], bytes]:
     """
-    The Received: headers at the top of a delivered message, and the rest.
+    The Received: headers at the top of a delivered message, and the rest
+    (delivery headers a Maildir may add above them are skipped).
     """
     received = []
-    while data.startswith(b"Received:"):
+    names = (b"received:", b"return-path:", b"delivered-to:", b"x-original-to:")
+    while data.lower().startswith(names):
         end = data.find(b"\r\n")
         while data[end + 2 : end + 3] in (b" ", b"\t"):
             end = data.find(b"\r\n", end + 2)
-        received.append(data[: end + 2])
+        if data[:9].lower() == b"received:":
+            received.append(data[: end + 2])
         data = data[end + 2 :]
     return received, data
 
