@@ -652,13 +652,15 @@ class ScriptedUpstream(Protocol):
     An upstream that speaks just enough SMTP by hand: it records every byte
     and, after the 354, closes the connection once C{cutAfter} bytes of the
     message have come (if set); C{silent}, it never answers the end of a
-    message.
+    message; C{oldServer}, it refuses EHLO (HELO only). Its EHLO offers
+    AUTH LOGIN, which it takes from anyone.
     """
 
     def __init__(self, owner: Any) -> None:
         self.owner = owner
         self.buffer = b""
         self.inData = False
+        self.login: list[bytes] = []
 
     def connectionMade(self) -> None:
         self.transport.write(b"220 scripted.test ESMTP\r\n")
@@ -669,8 +671,24 @@ class ScriptedUpstream(Protocol):
         while not self.inData and b"\r\n" in self.buffer:
             line, self.buffer = self.buffer.split(b"\r\n", 1)
             verb = line[:4].upper()
-            if verb == b"EHLO":
-                self.transport.write(b"250-scripted.test\r\n250 8BITMIME\r\n")
+            self.owner.lines.append(line)
+            if self.login:
+                self.login.append(line)
+                step = (
+                    b"334 UGFzc3dvcmQ6\r\n" if len(self.login) == 2 else b"235 ok\r\n"
+                )
+                self.transport.write(step)
+                if len(self.login) == 3:
+                    self.login = []
+            elif verb == b"EHLO" and self.owner.oldServer:
+                self.transport.write(b"502 5.5.1 what?\r\n")
+            elif verb == b"EHLO":
+                self.transport.write(
+                    b"250-scripted.test\r\n250-AUTH LOGIN\r\n250 8BITMIME\r\n"
+                )
+            elif line == b"AUTH LOGIN":
+                self.login = [line]
+                self.transport.write(b"334 VXNlcm5hbWU6\r\n")
             elif verb == b"DATA":
                 self.inData = True
                 self.transport.write(b"354 go on\r\n")
@@ -703,9 +721,16 @@ class ScriptedTests(TestCase):
     timeout = 60
 
     async def setUpRelay(
-        self, cutAfter: int | None = None, silent: bool = False, **settings: Any
+        self,
+        cutAfter: int | None = None,
+        silent: bool = False,
+        oldServer: bool = False,
+        relayOptions: dict[str, Any] | None = None,
+        **settings: Any,
     ) -> int:
         self.received = b""
+        self.lines: list[bytes] = []
+        self.oldServer = oldServer
         self.silent = silent
         self.lost = 0
         self.messages: list[bytes] = []
@@ -721,6 +746,7 @@ class ScriptedTests(TestCase):
                 received=False,
                 dataTimeout=10,
                 commandTimeout=10,
+                **(relayOptions or {}),
             ),
             hostname="relay.test",
             **settings,
@@ -789,3 +815,51 @@ class ScriptedTests(TestCase):
         self.assertEqual(len(self.messages), 1)
         await waitUntil(lambda: self.lost == 1, timeout=5)
         self.assertLess(reactor.seconds() - started, 5)
+
+    def sendOne(self, port: int) -> Any:
+        def client() -> Any:
+            with smtp(port) as s:
+                s.mail("alice@sender.test")
+                s.rcpt("bob@example.org")
+                return s.data(b"Subject: x\r\n\r\nbody\r\n")
+
+        return deferToThread(client)
+
+    async def test_authLogin(self) -> None:
+        """
+        An upstream that offers only AUTH LOGIN (and insecureAuth, as there
+        is no TLS): the user name and password go base64-encoded, one per
+        line, before MAIL.
+        """
+        credentials = {"user": "relay", "password": "pw", "insecureAuth": True}
+        port = await self.setUpRelay(relayOptions=credentials)
+        self.assertEqual((await self.sendOne(port))[0], 250)
+        self.assertEqual(
+            self.lines[:5],
+            [
+                b"EHLO relay.test",
+                b"AUTH LOGIN",
+                b"cmVsYXk=",
+                b"cHc=",
+                b"MAIL FROM:<alice@sender.test>",
+            ],
+        )
+
+    async def test_heloFallback(self) -> None:
+        """
+        An upstream that refuses EHLO gets HELO, and the message without
+        ESMTP parameters.
+        """
+        port = await self.setUpRelay(oldServer=True)
+
+        def client() -> Any:
+            with smtp(port) as s:
+                s.docmd("MAIL", "FROM:<alice@sender.test> SIZE=100 BODY=8BITMIME")
+                s.rcpt("bob@example.org")
+                return s.data(b"Subject: x\r\n\r\nbody\r\n")
+
+        self.assertEqual((await deferToThread(client))[0], 250)
+        self.assertEqual(
+            self.lines[:3],
+            [b"EHLO relay.test", b"HELO relay.test", b"MAIL FROM:<alice@sender.test>"],
+        )
