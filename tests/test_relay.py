@@ -13,13 +13,14 @@ from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from esmtpkit import NO_OPINION, ESMTPFactory, ESMTPHandler, LMTPFactory, PerRecipient
 from esmtpkit.handlers import Chain, Relay
 from esmtpkit.security.auth import makePortal
 from esmtpkit.security.tls import ServerTLS
-from esmtpkit.testing import dotStuff
+from esmtpkit.testing import LogCollector, dotStuff
 
 from .helpers import LOOPBACK, freePort, maildirFiles, readReplies, waitUntil
 from .relayhelpers import Upstream, UpstreamScript, listen, reactor, smtp
@@ -547,6 +548,9 @@ class RelayTLSTests(TestCase):
     timeout = 60
 
     def setUp(self) -> None:
+        self.logged = LogCollector()
+        globalLogPublisher.addObserver(self.logged)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged)
         self.pki = sharedPKI()
         self.script = UpstreamScript()
         self.maildir = str(Path(self.mktemp()) / "Maildir")
@@ -561,12 +565,24 @@ class RelayTLSTests(TestCase):
             else None,
             portal=makePortal([memoryChecker(relayuser="s3cret")]),
         )
-        port = await listen(self, upstream)
+        port = self.upstreamPort = await listen(self, upstream)
         factory = ESMTPFactory(
             lambda: Relay(LOOPBACK, port, reactor=reactor, commandTimeout=10, **relay),
             hostname="relay.test",
         )
         return await listen(self, factory)
+
+    def assertLogged(self, text: str) -> None:
+        """
+        A warning about the relay's upstream that contains C{text} was
+        logged, with the session id.
+        """
+        lines = [formatEvent(e) for e in self.logged.events]
+        found = [
+            line for line in lines if "relay to 127.0.0.1" in line and text in line
+        ]
+        self.assertTrue(found, lines)
+        self.assertTrue(found[0].startswith("session "), found)
 
     def send(self, port: int) -> Any:
         def client() -> Any:
@@ -615,7 +631,8 @@ class RelayTLSTests(TestCase):
         port = await self.serve(False, tls="required", caFile=str(self.pki.caCert))
         code, text = await self.send(port)
         self.assertEqual(code, 451)
-        self.assertIn(b"does not offer STARTTLS", text)
+        self.assertEqual(text, b"4.7.5 Requested action aborted: upstream TLS failed")
+        self.assertLogged(f"127.0.0.1:{self.upstreamPort} does not offer STARTTLS")
 
     async def test_opportunistic(self) -> None:
         """
@@ -643,7 +660,7 @@ class RelayTLSTests(TestCase):
         port = await self.serve(False, user="relayuser", password="s3cret")
         code, text = await self.send(port)
         self.assertEqual(code, 451)
-        self.assertIn(b"credentials not sent", text)
+        self.assertLogged("credentials not sent")
         self.assertEqual(self.script.identities, [])
 
 

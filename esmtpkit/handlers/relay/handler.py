@@ -9,6 +9,7 @@ from collections import deque
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ...core.results import PerRecipient
@@ -28,6 +29,8 @@ from .upstream import (
 )
 
 __all__ = ["Relay"]
+
+log = Logger(namespace="esmtpkit")
 
 MODIFIED = Reply(
     451,
@@ -196,10 +199,23 @@ class Relay(ESMTPHandler):
             return Reply(451, *reply.lines, enhanced=reply.enhanced or "4.4.2")
         if kind not in (expected, 4, 5):
             self._drop()
-            return errorReply(
+            return self._failed(
                 UpstreamProtocolError(f"unexpected reply {reply.code} {reply.text}")
             )
         return reply
+
+    def _failed(self, error: UpstreamError) -> Reply:
+        """
+        Log why the upstream failed (with the session id) and give the
+        client's reply.
+        """
+        log.warn(
+            "session {session}: relay to {host}: {error}",
+            session=self.session.id,
+            host=self.config.host,
+            error=str(error),
+        )
+        return errorReply(error)
 
     async def _command(self, line: str) -> Reply:
         upstream = self._upstream
@@ -230,10 +246,10 @@ class Relay(ESMTPHandler):
                 self._drop()
                 if reused and attempt == 1:
                     continue
-                return errorReply(e)
+                return self._failed(e)
             except UpstreamError as e:
                 self._drop()
-                return errorReply(e)
+                return self._failed(e)
             break
         if reply.code // 100 == 2:
             self._sender = sender
@@ -259,7 +275,7 @@ class Relay(ESMTPHandler):
                     raise UpstreamLost("no session")
             except UpstreamError as e:
                 self._drop()
-                return errorReply(e)
+                return self._failed(e)
             except ReplyError as e:
                 return e.reply
         try:
@@ -268,7 +284,7 @@ class Relay(ESMTPHandler):
             )
         except UpstreamError as e:
             self._drop()
-            return errorReply(e)
+            return self._failed(e)
         if reply.code // 100 == 2:
             self._accepted.append(recipient)
         return self._passOn(reply)
@@ -333,7 +349,7 @@ class Relay(ESMTPHandler):
             return e.reply
         except UpstreamError as e:
             self._drop()
-            return errorReply(e)
+            return self._failed(e)
         if reply.code != 354:
             return self._passOn(reply, expected=3)
         self._stuffer = DotStuffer()
@@ -361,7 +377,7 @@ class Relay(ESMTPHandler):
         """
         upstream, stuffer = self._open(), self._stuffer
         if upstream is None or stuffer is None:
-            raise ReplyError(errorReply(UpstreamLost("during the message")))
+            raise ReplyError(self._failed(UpstreamLost("during the message")))
         written = upstream.client.writeBody(
             stuffer.stuff(data), self.config.dataTimeout
         )
@@ -372,7 +388,7 @@ class Relay(ESMTPHandler):
     def _writeFailed(self, failure: Failure) -> None:
         failure.trap(UpstreamError)
         self._drop()
-        raise ReplyError(errorReply(failure.value))  # type: ignore[arg-type]
+        raise ReplyError(self._failed(failure.value))  # type: ignore[arg-type]
 
     async def EOM(self) -> Reply | PerRecipient:
         """
@@ -383,7 +399,7 @@ class Relay(ESMTPHandler):
         assert transaction is not None
         upstream, stuffer = self._open(), self._stuffer
         if upstream is None or stuffer is None:
-            return errorReply(UpstreamLost("during the message"))
+            return self._failed(UpstreamLost("during the message"))
         if transaction.modified:
             self._drop()  # the upstream discards the unfinished message
             return MODIFIED
@@ -404,7 +420,7 @@ class Relay(ESMTPHandler):
             failure: Failure = value  # type: ignore[assignment]
             failure.trap(UpstreamError)
             self._drop()
-            replies.append(errorReply(failure.value))  # type: ignore[arg-type]
+            replies.append(self._failed(failure.value))  # type: ignore[arg-type]
         if not self.config.lmtp and not refused:
             return replies[0]
         return self._perRecipient(transaction.recipients, accepted, replies, refused)

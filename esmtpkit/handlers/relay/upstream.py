@@ -79,7 +79,9 @@ class UpstreamAuthError(UpstreamError):
 def errorReply(error: UpstreamError) -> Reply:
     """
     The reply a client gets when the upstream failed with C{error}: always
-    a temporary failure, so that the client tries again later.
+    a temporary failure, so that the client tries again later. It says
+    what kind of failure it was, not the details (the upstream's address,
+    say: the handler logs those).
     """
     if isinstance(error, UpstreamDown):
         enhanced, what = "4.4.1", "upstream unavailable"
@@ -93,9 +95,7 @@ def errorReply(error: UpstreamError) -> Reply:
         enhanced, what = "4.5.0", "upstream protocol error"
     else:
         enhanced, what = "4.4.2", "upstream connection lost"
-    return Reply(
-        451, f"Requested action aborted: {what}: {error}"[:400], enhanced=enhanced
-    )
+    return Reply(451, f"Requested action aborted: {what}", enhanced=enhanced)
 
 
 @dataclass(frozen=True)
