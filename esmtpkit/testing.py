@@ -8,10 +8,17 @@ L{ESMTPProtocol} over an in-memory transport and a fake clock.
     assert conn.command("MAIL FROM:<a@example.org>").code == 250
     assert conn.command("RCPT TO:<b@example.org>").code == 250
     assert conn.sendMessage(b"Subject: hi\\r\\n\\r\\nHello\\r\\n").code == 250
+
+While the connection is driven (L{SMTPTestConnection.driving}), what a
+handler defers to a thread (L{esmtpkit.threads.deferToThread}: Maildir's
+fsync) runs inline, and L{SMTPTestConnection.command} and C{sendMessage}
+advance the fake clock while the handler waits on its timers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from twisted.internet import tcp
@@ -19,6 +26,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
+    IDelayedCall,
     IPushProducer,
     IReactorTime,
     ITCPTransport,
@@ -33,6 +41,7 @@ from .reply import Reply
 from .server.factory import ESMTPFactory, HandlerFactory, LMTPFactory
 from .settings import Settings
 from .smtp.connection import SMTPConnection
+from .threads import ThreadRunner, runInline, runningWith
 
 __all__ = [
     "SMTPTestConnection",
@@ -144,6 +153,55 @@ class _DirectTCPTransport(  # type: ignore[misc]
         return self.noDelay
 
 
+class _DrivenClock(Clock):
+    """
+    The clock a test connection makes for itself: its C{advance} runs what
+    handlers defer to threads with the connection's thread runner, as the
+    connection's own calls do.
+    """
+
+    threadRunner: ThreadRunner = runInline
+
+    def advance(self, amount: float) -> None:
+        with runningWith(self.threadRunner):
+            super().advance(amount)
+
+
+@implementer(IReactorTime)
+class _ServerClock:
+    """
+    The server side's view of a test connection's clock: the same time and
+    the same delayed calls, but every call the server schedules through it
+    (its timeouts and deadlines) is noted, so that the test connection can
+    tell them from the handler's own timers.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._calls: set[IDelayedCall] = set()
+
+    def seconds(self) -> float:
+        return self._clock.seconds()
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> IDelayedCall:
+        call = self._clock.callLater(delay, f, *args, **kw)
+        self._calls = {c for c in self._calls if c.active()}
+        self._calls.add(call)
+        return call
+
+    def getDelayedCalls(self) -> Any:
+        return self._clock.getDelayedCalls()
+
+    def isServerCall(self, call: IDelayedCall) -> bool:
+        """
+        Whether the server scheduled C{call} (rather than the handler).
+        """
+        return call in self._calls
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._clock, name)
+
+
 class SMTPTestConnection:
     """
     One SMTP connection to a handler, in memory.
@@ -159,6 +217,8 @@ class SMTPTestConnection:
     @ivar protocol: the L{ESMTPProtocol <esmtpkit.ESMTPProtocol>}.
     @ivar factory: the L{ESMTPFactory}.
     @ivar log: a L{LogCollector} with the connection's log events.
+    @ivar threadRunner: the L{ThreadRunner <esmtpkit.threads.ThreadRunner>}
+        of handlers' thread work while the connection is driven.
     @ivar greeting: the greeting reply, or L{None} if the greeting is not
         out yet (an asynchronous CONNECT hook).
     """
@@ -174,6 +234,15 @@ class SMTPTestConnection:
     The factory of the server side (L{LMTPTestConnection} gives LMTP's).
     """
 
+    autoAdvanceLimit: float = 3600.0
+    """
+    At most this many fake seconds, and at most L{autoAdvanceSteps} timer
+    firings, do L{command} and L{sendMessage} advance the clock while the
+    handler waits on its timers (C{0}: they never advance it).
+    """
+
+    autoAdvanceSteps: int = 1000
+
     def __init__(
         self,
         handlerFactory: HandlerFactory,
@@ -182,6 +251,7 @@ class SMTPTestConnection:
         peer: IAddress | None = None,
         clock: Clock | None = None,
         directSocket: SocketLike | None = None,
+        threadRunner: ThreadRunner = runInline,
         **overrides: Any,
     ) -> None:
         """
@@ -190,14 +260,23 @@ class SMTPTestConnection:
             L{OSError} (C{BlockingIOError} for a full buffer): replies are
             then written to it directly, as to the socket of a plain TCP
             connection (the transport is not L{transportFactory}'s then).
+        @param threadRunner: what runs the work handlers defer to threads
+            while the connection is driven (see L{driving}): inline by
+            default; give L{twisted.internet.threads.deferToThread} to test
+            with real threads and a running reactor.
         """
-        self.clock = clock or Clock()
+        self.threadRunner = threadRunner
+        if clock is None:
+            clock = _DrivenClock()
+            clock.threadRunner = threadRunner
+        self.clock = clock
+        self._serverClock = _ServerClock(self.clock)
         self.log = LogCollector()
         overrides.setdefault("hostname", "mx.example.test")
         self.factory = self.factoryClass(
             handlerFactory,
             settings,
-            clock=self.clock,
+            clock=self._serverClock,
             logObserver=self.log,
             **overrides,
         )
@@ -215,9 +294,32 @@ class SMTPTestConnection:
         self.protocol: SMTPConnection = self.factory.buildProtocol(peer)
         self.transport.protocol = self.protocol
         self._read = 0
-        self.protocol.makeConnection(self.transport)
+        with self.driving():
+            self.protocol.makeConnection(self.transport)
         replies = self.replies()
         self.greeting = replies[0] if replies else None
+
+    @contextmanager
+    def driving(self) -> Iterator[None]:
+        """
+        Within the block, what a handler defers to a thread with
+        L{esmtpkit.threads.deferToThread} runs with L{threadRunner}: by
+        default inline, before the call that deferred it returns. L{send},
+        L{command}, L{sendMessage}, L{replies}, L{advance}, L{close} and the
+        C{advance} of the clock the connection made itself drive the
+        connection this way; use this block where the test itself sets the
+        server going otherwise, such as firing a Deferred a hook waits on.
+        """
+        with runningWith(self.threadRunner):
+            yield
+
+    def advance(self, seconds: float) -> None:
+        """
+        Move the clock on by C{seconds}, running what fell due, with
+        threads run inline (see L{driving}).
+        """
+        with self.driving():
+            self.clock.advance(seconds)  # type: ignore[attr-defined]
 
     @property
     def handler(self) -> Any:
@@ -244,7 +346,8 @@ class SMTPTestConnection:
         """
         Deliver C{data} to the server as one read.
         """
-        self.protocol.dataReceived(data)
+        with self.driving():
+            self.protocol.dataReceived(data)
 
     @property
     def output(self) -> bytes:
@@ -265,21 +368,47 @@ class SMTPTestConnection:
         comes first).
         """
         if self._socket is not None:
-            self.clock.advance(0)
+            self.advance(0)
         output = self.output
         replies, rest = parseReplies(output[self._read :])
         self._read = len(output) - len(rest)
         return replies
 
+    def _awaitReplies(self, count: int) -> list[Reply]:
+        """
+        The replies, once C{count} have come, or as many as came while the
+        clock was advanced, one due call at a time, through the handler's
+        timers: as long as the handler has one pending (the server's own
+        timeouts alone are never waited for), within L{autoAdvanceLimit}
+        seconds and L{autoAdvanceSteps} steps.
+        """
+        replies = self.replies()
+        limit = self.clock.seconds() + self.autoAdvanceLimit
+        isServer = self._serverClock.isServerCall
+        for _ in range(self.autoAdvanceSteps):
+            if len(replies) >= count or self.closed:
+                break
+            pending = [c for c in self.clock.getDelayedCalls() if c.active()]
+            if all(isServer(c) for c in pending):
+                break
+            due = min(c.getTime() for c in pending)
+            if due > limit:
+                break
+            self.advance(max(0.0, due - self.clock.seconds()))
+            replies += self.replies()
+        return replies
+
     def command(self, line: str | bytes) -> Reply:
         """
-        Send one command line (CRLF is added) and return its reply.
+        Send one command line (CRLF is added) and return its reply. While
+        the reply waits on the handler's timers on L{clock}, the clock is
+        advanced (see L{autoAdvanceLimit}).
 
         @raise AssertionError: there was not exactly one reply.
         """
         data = line.encode("utf-8") if isinstance(line, str) else line
         self.send(data + b"\r\n")
-        replies = self.replies()
+        replies = self._awaitReplies(1)
         if len(replies) != 1:
             raise AssertionError(f"expected one reply to {line!r}, got {replies!r}")
         return replies[0]
@@ -287,13 +416,14 @@ class SMTPTestConnection:
     def sendMessage(self, message: bytes) -> Reply:
         """
         Send DATA, then C{message} dot-stuffed and terminated, and return
-        the reply to the end of data (after a 354).
+        the reply to the end of data (after a 354), advancing the clock as
+        L{command} does.
         """
         reply = self.command("DATA")
         if reply.code != 354:
             return reply
         self.send(dotStuff(message))
-        replies = self.replies()
+        replies = self._awaitReplies(1)
         if len(replies) != 1:
             raise AssertionError(f"expected one reply to the message, got {replies!r}")
         return replies[0]
@@ -303,7 +433,8 @@ class SMTPTestConnection:
         Drop the connection from the client side.
         """
         if self.transport.connected:
-            self.transport.loseConnection()
+            with self.driving():
+                self.transport.loseConnection()
 
 
 class LMTPTestConnection(SMTPTestConnection):
@@ -328,11 +459,13 @@ class LMTPTestConnection(SMTPTestConnection):
         replies to the end of data, one per accepted recipient (or the one
         reply refusing DATA).
         """
+        transaction = self.session.transaction
+        expected = len(transaction.recipients) if transaction is not None else 1
         reply = self.command("DATA")
         if reply.code != 354:
             return [reply]
         self.send(dotStuff(message))
-        return self.replies()
+        return self._awaitReplies(max(1, expected))
 
 
 def dotStuff(message: bytes) -> bytes:

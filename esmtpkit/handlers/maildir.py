@@ -11,11 +11,11 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any
 
-from twisted.internet import threads
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
+from .. import threads
 from ..handler import ESMTPHandler
 from ..received import receivedHeader
 from ..reply import HookResult
