@@ -17,7 +17,7 @@ advance the fake clock while the handler waits on its timers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,7 +26,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
-    IDelayedCall,
     IPushProducer,
     IReactorTime,
     ITCPTransport,
@@ -41,6 +40,7 @@ from .reply import Reply
 from .server.factory import ESMTPFactory, HandlerFactory, LMTPFactory
 from .settings import Settings
 from .smtp.connection import SMTPConnection
+from .testclock import DrivenClock, ServerClock
 from .threads import ThreadRunner, runInline, runningWith
 
 __all__ = [
@@ -153,55 +153,6 @@ class _DirectTCPTransport(  # type: ignore[misc]
         return self.noDelay
 
 
-class _DrivenClock(Clock):
-    """
-    The clock a test connection makes for itself: its C{advance} runs what
-    handlers defer to threads with the connection's thread runner, as the
-    connection's own calls do.
-    """
-
-    threadRunner: ThreadRunner = runInline
-
-    def advance(self, amount: float) -> None:
-        with runningWith(self.threadRunner):
-            super().advance(amount)
-
-
-@implementer(IReactorTime)
-class _ServerClock:
-    """
-    The server side's view of a test connection's clock: the same time and
-    the same delayed calls, but every call the server schedules through it
-    (its timeouts and deadlines) is noted, so that the test connection can
-    tell them from the handler's own timers.
-    """
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._calls: set[IDelayedCall] = set()
-
-    def seconds(self) -> float:
-        return self._clock.seconds()
-
-    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> IDelayedCall:
-        call = self._clock.callLater(delay, f, *args, **kw)
-        self._calls = {c for c in self._calls if c.active()}
-        self._calls.add(call)
-        return call
-
-    def getDelayedCalls(self) -> Any:
-        return self._clock.getDelayedCalls()
-
-    def isServerCall(self, call: IDelayedCall) -> bool:
-        """
-        Whether the server scheduled C{call} (rather than the handler).
-        """
-        return call in self._calls
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._clock, name)
-
-
 class SMTPTestConnection:
     """
     One SMTP connection to a handler, in memory.
@@ -243,6 +194,8 @@ class SMTPTestConnection:
 
     autoAdvanceSteps: int = 1000
 
+    _hello = "EHLO"
+
     def __init__(
         self,
         handlerFactory: HandlerFactory,
@@ -267,10 +220,10 @@ class SMTPTestConnection:
         """
         self.threadRunner = threadRunner
         if clock is None:
-            clock = _DrivenClock()
+            clock = DrivenClock()
             clock.threadRunner = threadRunner
         self.clock = clock
-        self._serverClock = _ServerClock(self.clock)
+        self._serverClock = ServerClock(self.clock)
         self.log = LogCollector()
         overrides.setdefault("hostname", "mx.example.test")
         self.factory = self.factoryClass(
@@ -428,6 +381,42 @@ class SMTPTestConnection:
             raise AssertionError(f"expected one reply to the message, got {replies!r}")
         return replies[0]
 
+    def sendMail(
+        self, sender: str, recipients: str | Sequence[str], message: bytes
+    ) -> Reply:
+        """
+        One whole transaction, as C{smtplib}'s C{sendmail} makes it: C{EHLO}
+        first if the client has not greeted yet, C{MAIL FROM}, a C{RCPT TO}
+        for each recipient, then C{message} (L{sendMessage}).
+
+        @return: the reply to the end of the data; or the reply that ended
+            the transaction before it: a refused greeting or C{MAIL}, or the
+            last refusal when no recipient was accepted (the transaction is
+            then reset with C{RSET}).
+        """
+        return self._sendMail(sender, recipients, message)  # type: ignore[no-any-return]
+
+    def _sendMail(
+        self, sender: str, recipients: str | Sequence[str], message: bytes
+    ) -> Any:
+        if self.session.heloName is None:
+            hello = self.command(f"{self._hello} client.example")
+            if hello.code != 250:
+                return hello
+        reply = self.command(f"MAIL FROM:<{sender}>")
+        if reply.code != 250:
+            return reply
+        if isinstance(recipients, str):
+            recipients = [recipients]
+        accepted = False
+        for recipient in recipients:
+            reply = self.command(f"RCPT TO:<{recipient}>")
+            accepted = accepted or reply.code // 100 == 2
+        if not accepted:
+            self.command("RSET")
+            return reply
+        return self.sendMessage(message)
+
     def close(self) -> None:
         """
         Drop the connection from the client side.
@@ -452,6 +441,20 @@ class LMTPTestConnection(SMTPTestConnection):
     """
 
     factoryClass = LMTPFactory
+    _hello = "LHLO"
+
+    def sendMail(  # type: ignore[override]
+        self, sender: str, recipients: str | Sequence[str], message: bytes
+    ) -> list[Reply]:
+        """
+        One whole transaction, as L{SMTPTestConnection.sendMail} (C{LHLO}
+        first if needed), with one reply per accepted recipient.
+
+        @return: the replies to the end of the data, or a list of the one
+            reply that ended the transaction before it.
+        """
+        result = self._sendMail(sender, recipients, message)
+        return result if isinstance(result, list) else [result]
 
     def sendMessage(self, message: bytes) -> list[Reply]:  # type: ignore[override]
         """

@@ -581,3 +581,60 @@ class AutoAdvanceTests(SynchronousTestCase):
         self.assertEqual(lmtp.command("RCPT TO:<carol@example.net>").code, 250)
         self.assertEqual([r.code for r in lmtp.sendMessage(b"x\r\n")], [250, 250])
         self.assertEqual(clock.seconds(), 60)
+
+
+class _Gatekeeper(ESMTPHandler):
+    def MAIL(self, sender: str, params: Any) -> Any:
+        return (550, "5.7.1 Not you") if sender == "spammer@example.com" else None
+
+    def RCPT(self, recipient: str, params: Any) -> Any:
+        return (550, "5.1.1 No such user") if recipient.startswith("x") else None
+
+
+class SendMailTests(SynchronousTestCase):
+    """
+    C{sendMail} runs a whole transaction, greeting first if needed.
+    """
+
+    def test_whole(self) -> None:
+        """
+        EHLO once, then MAIL, RCPT, DATA and the message; the end of data's
+        reply is returned; a refused recipient among accepted ones is
+        skipped.
+        """
+        conn = SMTPTestConnection(_Gatekeeper)
+        for _ in range(2):
+            reply = conn.sendMail("a@example.org", ["x@example.org", "b@ex.org"], b"x")
+            self.assertEqual(reply.code, 250)
+        self.assertEqual(conn.session.heloName, "client.example")
+        self.assertTrue(conn.session.esmtp)
+        self.assertEqual(conn.session.messages, 2)
+
+    def test_refusals(self) -> None:
+        """
+        A refused MAIL is returned; so is the last refusal when no
+        recipient was accepted, and the transaction is reset.
+        """
+        conn = SMTPTestConnection(_Gatekeeper)
+        self.assertEqual(
+            conn.sendMail("spammer@example.com", "b@ex.org", b"x").code, 550
+        )
+        reply = conn.sendMail("a@example.org", ["x1@ex.org", "x2@ex.org"], b"x")
+        self.assertEqual((reply.code, reply.enhanced), (550, "5.1.1"))
+        self.assertIsNone(conn.session.transaction)
+        self.assertEqual(conn.sendMail("a@example.org", "b@ex.org", b"x").code, 250)
+
+    def test_lmtp(self) -> None:
+        """
+        Under LMTP: LHLO, and one reply per accepted recipient.
+        """
+        conn = LMTPTestConnection(_Gatekeeper)
+        replies = conn.sendMail(
+            "a@example.org", ["b@ex.org", "x@ex.org", "c@ex.org"], b"x"
+        )
+        self.assertEqual([r.code for r in replies], [250, 250])
+        self.assertEqual(conn.session.heloName, "client.example")
+        self.assertEqual(
+            [r.code for r in conn.sendMail("spammer@example.com", "b@ex.org", b"x")],
+            [550],
+        )
