@@ -31,9 +31,13 @@ from __future__ import annotations
 
 import doctest
 import inspect
+import os
 import re
+import smtplib
+import subprocess
 import sys
 import textwrap
+import time
 import types
 import unittest
 from dataclasses import dataclass
@@ -45,6 +49,8 @@ import twisted.internet
 import twisted.logger
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.threadpool import ThreadPool
+
+from .helpers import twistdExecutable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -371,3 +377,50 @@ def test_parseBlocks() -> None:
     assert blocks[3].source == ">>> 1 + 1\n2\n```\n"
     assert [b.runs for b in blocks] == [False, True, False, True]
     assert blocks[3].isDoctest and not blocks[1].isDoctest
+
+
+def test_tutorialServesUnderTwistd(tmp_path: Path) -> None:
+    """
+    The tutorial's handler file runs as its "Run it" section says (under
+    C{twistd -n esmtpkit --handler spamfilter.SpamFilter --maildir
+    Maildir}, with C{PYTHONPATH=.}): over a real socket, the ham is
+    accepted into Maildir/new and the spam gets the 550. The port is 0,
+    read back from twistd's "starting on" log line; the process is stopped
+    by its PID.
+    """
+    tutorial = [b for b in BLOCKS if b.document == "docs/tutorial.md"]
+    _writeFiles(tutorial, tmp_path)
+    log = tmp_path / "twistd.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [twistdExecutable(), "-n", "--pidfile=", "esmtpkit"]
+            + ["--handler", "spamfilter.SpamFilter", "--maildir", "Maildir"]
+            + ["-p", "tcp:0:interface=127.0.0.1"],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": "."},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        port = None
+        while port is None and time.monotonic() < deadline:
+            found = re.search(rb"ESMTPFactory starting on (\d+)", log.read_bytes())
+            port = int(found[1]) if found else None
+            if port is None:
+                assert process.poll() is None, log.read_text()
+                time.sleep(0.05)  # polling the log, bounded by the deadline
+        assert port, log.read_text()
+        envelope = ("alice@example.com", "bob@example.org")
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.sendmail(*envelope, "Subject: Lunch?\r\n\r\nAt noon")
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail(*envelope, "Subject: LOTTERY win\r\n\r\n$$$")
+        assert refused.value.smtp_code == 550
+        assert b"looks like spam" in refused.value.smtp_error
+        [delivered] = (tmp_path / "Maildir" / "new").iterdir()
+        assert b"Subject: Lunch?" in delivered.read_bytes()
+        assert list((tmp_path / "Maildir" / "tmp").iterdir()) == []
+    finally:
+        process.terminate()
+        assert process.wait(30) == 0, log.read_text()
