@@ -268,3 +268,20 @@ def test_entryPointAndTeardown(tmp_path: Path) -> None:
     for port in recorded:
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_loadingThePluginInstallsNoReactor() -> None:
+    """
+    pytest loads the plugin in every run of a virtualenv with esmtpkit[test]:
+    importing it (and esmtpkit) must leave the choice of the global reactor
+    to the project (an asyncio reactor, say), and start no thread.
+    """
+    code = (
+        "import sys, threading\n"
+        "import esmtpkit.pytest_plugin\n"
+        "print('twisted.internet.reactor' in sys.modules, threading.active_count())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split() == ["False", "1"], result.stdout + result.stderr
