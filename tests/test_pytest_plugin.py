@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -173,9 +174,11 @@ def test_stopDrains(tmp_path: Path) -> None:
     421 too.
     """
     gate: Deferred[None] = Deferred()
+    inEOM = threading.Event()
 
     class Slow(ESMTPHandler):
         def EOM(self) -> Deferred[None]:
+            inEOM.set()
             return gate
 
     server = LiveServer(Slow, shutdownTimeout=1).start()
@@ -191,6 +194,7 @@ def test_stopDrains(tmp_path: Path) -> None:
         )
         assert [r.code for r in readReplies(busy, 3)[0]] == [250, 250, 354]
         busy.sendall(b"Subject: x\r\n\r\nx\r\n.\r\n")
+        assert inEOM.wait(10)
         server.stop()
         for sock in (idle, busy):
             data, closed = readUntilClosed(sock, 10)
