@@ -193,6 +193,10 @@ class SMTPTestConnection:
     """
 
     autoAdvanceSteps: int = 1000
+    """
+    At most this many due calls does one L{command} or L{sendMessage} run
+    while it advances the clock (see L{autoAdvanceLimit}).
+    """
 
     _hello = "EHLO"
 
