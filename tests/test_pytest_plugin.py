@@ -105,7 +105,12 @@ def test_lmtpWithFsync(esmtpkit_server: Start) -> None:
     finally:
         client.quit()
     assert server.handlers[0].fsync is True
-    assert [m["Subject"] for m in server.messages()] == ["plugin test"]
+    messages = server.messages()
+    assert [m["Subject"] for m in messages] == ["plugin test"] * 2
+    assert sorted(m["Delivered-To"] for m in messages) == [
+        "bob@example.net",
+        "carol@x.test",
+    ]
     assert server.deliveries[0].codes == [250, 250]
 
 

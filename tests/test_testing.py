@@ -371,7 +371,8 @@ class ThreadWorkTests(SynchronousTestCase):
 
     def test_maildirWithFsyncOverLMTP(self) -> None:
         """
-        The same under L{LMTPTestConnection}: one 250 per recipient.
+        The same under L{LMTPTestConnection}: one 250 per recipient, and
+        a copy for each.
         """
         path = tempDir(self) / "Maildir"
         conn = LMTPTestConnection(lambda: Maildir(str(path), fsync=True))
@@ -379,7 +380,7 @@ class ThreadWorkTests(SynchronousTestCase):
         self.assertEqual(conn.command("RCPT TO:<carol@example.net>").code, 250)
         replies = conn.sendMessage(b"Subject: hi\r\n\r\nHello\r\n")
         self.assertEqual([r.code for r in replies], [250, 250])
-        self.assertEqual(len(maildirFiles(path, "new")), 1)
+        self.assertEqual(len(maildirFiles(path, "new")), 2)
 
     def test_inlineInTheTestThread(self) -> None:
         """
