@@ -116,6 +116,7 @@ class MilterConnector:
                 name=self.description,
             )
         )
+        factory.noisy = False
         connecting = self.endpoint.connect(factory)
         if self.connectTimeout:
             connecting.addTimeout(self.connectTimeout, self.reactor)
