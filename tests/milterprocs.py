@@ -90,7 +90,7 @@ class MilterProcess:
         stopProcess(self.process)
 
 
-def testMilter(cwd: Path) -> tuple[MilterProcess, Path]:
+def pymilterProcess(cwd: Path) -> tuple[MilterProcess, Path]:
     """
     The pymilter test milter (not yet started) and the log it writes.
     """

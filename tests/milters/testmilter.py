@@ -6,7 +6,7 @@ the milter client tests. Run it with the system Python:
 
 What it does is chosen by the local part of the sender (reject, tempfail,
 custom, multiline, accept, discard, eomreject, eomtempfail, eomdiscard,
-mods, skip, slow), of a recipient (refuse, rcpttemp), by a Subject of
+mods, skip, slow, stall), of a recipient (refuse, rcpttemp), by a Subject of
 "reject me" and by a body holding BODYREJECT; otherwise it goes on and adds
 "X-Test-Milter: seen" at the end of the message. It appends a JSON line to
 LOG for every message it finishes or sees aborted: the macros it was given
@@ -164,6 +164,8 @@ class TestMilter(Milter.Base):
             for _ in range(4):
                 time.sleep(0.5)
                 self.progress()
+        if mode == "stall":
+            time.sleep(2)
         if mode == "mods":
             self.addheader("X-Added", "added value")
             self.addheader("X-Inserted", "at the top", 0)
