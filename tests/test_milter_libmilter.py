@@ -19,9 +19,9 @@ from .helpers import LOOPBACK, freePort
 from .milterprocs import (
     esmtpkitWithMilters,
     milterLog,
+    pymilterProcess,
     queuedId,
     records,
-    pymilterProcess,
     transact,
 )
 
@@ -192,9 +192,7 @@ def test_everyModification(stack: Stack) -> None:
     Every change a milter can ask becomes a record on the transaction's
     modifications, in order.
     """
-    result = stack.send(
-        "mods@example.org", ("deleted@example.org", "kept@example.org")
-    )
+    result = stack.send("mods@example.org", ("deleted@example.org", "kept@example.org"))
     record = stack.record(result)
     assert record["headers"] == [
         ["add", "X-Added", "added value", 0],
