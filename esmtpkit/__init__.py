@@ -9,7 +9,7 @@ with L{ESMTPFactory} or L{ESMTPService}.
 
 from .core.events import ServerEvents, ServerObserver
 from .core.results import PerRecipient
-from .handler import ESMTPHandler
+from .handler import NO_OPINION, ESMTPHandler
 from .interfaces import IESMTPHandler
 from .received import receivedHeader
 from .reply import Reply, ReplyError
@@ -30,6 +30,7 @@ __all__ = [
     "IESMTPHandler",
     "LMTPFactory",
     "LMTPProtocol",
+    "NO_OPINION",
     "PerRecipient",
     "Recipient",
     "Reply",

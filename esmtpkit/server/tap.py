@@ -5,7 +5,6 @@ C{twistd esmtpkit}: command-line options and the service they describe.
 from __future__ import annotations
 
 import getopt
-import inspect
 import signal
 import sys
 from typing import Any
@@ -15,10 +14,7 @@ from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.python import usage
-from zope.interface.exceptions import Invalid
-from zope.interface.verify import verifyClass
 
-from ..interfaces import IESMTPHandler
 from ..security.auth import makePortal
 from ..security.scram import IScramSHA256Credentials, ScramFileChecker
 from ..security.tls import ServerTLS, TLSConfigurationError
@@ -26,7 +22,6 @@ from ..settings import Settings
 from .listeners import openBeforeFork
 from .optionvalues import EXTENSIONS, OPTION_OF, SETTINGS, asBytes
 from .service import DEFAULT_PORT, ESMTPService
-from .startup import StartupError, resolveName
 from .workers import WorkerSupervisor, cores, listeningDescription
 
 __all__ = ["Options", "makeService"]
@@ -68,7 +63,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "handler",
             None,
             DEFAULT_HANDLER,
-            "Dotted name of the handler class or factory.",
+            "Dotted name of the handler class or factory; several, "
+            "comma-separated, make a chain (esmtpkit.handlers.Chain). With "
+            "--help: the handler's own options too.",
         ],
         [
             "maildir",
@@ -143,11 +140,36 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["ports"] = []
         self["disabled-extensions"] = []
         self["inherited"] = []
+        self["handler-options"] = []
         self["workers"] = 1
         self["milters"] = []
         self._arguments: list[str] = []
 
-    opt_h = usage.Options.opt_help
+    def opt_help(self) -> None:
+        from ..handlers.options import handlerHelp
+
+        # --help may come before --handler: find the handler in effect.
+        handler = DEFAULT_HANDLER
+        arguments = self._arguments
+        for index, argument in enumerate(arguments):
+            if argument == "--handler" and index + 1 < len(arguments):
+                handler = arguments[index + 1]
+            elif argument.startswith("--handler="):
+                handler = argument[len("--handler=") :]
+        print(str(self) + "\n" + handlerHelp(handler))
+        sys.exit(0)
+
+    opt_help.__doc__ = usage.Options.opt_help.__doc__
+    opt_h = opt_help
+
+    def opt_handler_option(self, pair: str) -> None:
+        self["handler-options"].append(pair)
+
+    opt_handler_option.__doc__ = (
+        "KEY=VALUE (or KEY, for a flag): an option of the handler, repeatable; "
+        "in a chain, NAME.KEY=VALUE for the handler NAME (or its position). "
+        "--handler NAME --help lists them."
+    )
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         self._arguments = list(sys.argv[1:] if options is None else options)
@@ -330,31 +352,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     def _handlerFactory(self) -> Any:
         # Problems with the handler are StartupErrors: one line, no usage.
-        name = self["handler"]
-        handler = resolveName(name)
-        if inspect.isclass(handler):
-            if not IESMTPHandler.implementedBy(handler):
-                raise StartupError(
-                    f"--handler {name}: {handler.__name__} does not implement "
-                    "esmtpkit.IESMTPHandler (subclass esmtpkit.ESMTPHandler)"
-                )
-            try:
-                verifyClass(IESMTPHandler, handler)
-            except Invalid as e:
-                raise StartupError(f"--handler {name}: {e}") from None
-        elif not callable(handler):
-            raise StartupError(
-                f"--handler {name}: not a class or callable but {handler!r}"
-            )
-        fromOptions = getattr(handler, "fromOptions", None)
-        if fromOptions is None:
-            return handler
-        try:
-            return fromOptions(self)
-        except usage.UsageError:
-            raise
-        except Exception as e:
-            raise usage.UsageError(f"--handler {name}: {e}") from None
+        from ..handlers.options import handlerFactory
+
+        return handlerFactory(self["handler"], self["handler-options"], self)
 
     def _withMilters(self, handlerFactory: Any) -> Any:
         from ..milter.connector import MilterConnector
