@@ -3,8 +3,9 @@ L{MilterFilter}: a handler that asks an existing milter (OpenDKIM, rspamd,
 ClamAV, SpamAssassin's milter, anything on libmilter) about each SMTP event
 and answers with its verdict.
 
-It is meant to stand in front of the handler that takes the mail (see
-L{esmtpkit.milter.front}): its reply hooks give L{None} (no opinion) when
+It is meant to stand in a L{Chain <esmtpkit.handlers.Chain>} in front of
+the handler that takes the mail (see L{esmtpkit.milter.front}, which
+C{--milter} uses): its reply hooks give L{None} (no opinion) when
 the milter lets the command through, and a reply when it refuses; its
 changes are recorded on C{session.transaction.modifications} at EOM for the
 delivering handler to apply.
@@ -18,9 +19,9 @@ What the milter's verdicts become:
     custom reply (y)    that reply, as the milter wrote it
     accept              no opinion, and no more milter calls for this
                         message (for the session, at connect or HELO)
-    discard             the message is answered 250 at EOM but the handlers
-                        behind are not asked to take it (they get ABORT), so
-                        it is not delivered
+    discard             the message is answered 250 at EOM but the handler
+                        behind is not asked to take it (it gets ABORT), so
+                        it is not delivered (see L{esmtpkit.milter.front})
     shutdown            421 4.7.0, and the connection is closed
 
 A refusal at connect is kept and given to each MAIL (the client is
@@ -48,7 +49,7 @@ from .connector import MilterConnector
 from .replies import MilterReply, recordEdits
 from .telling import connectInfo, esmtpArgs, headerFields, sessionMacros
 
-__all__ = ["MilterFilter", "REJECTED", "TEMPFAILED", "SHUT_DOWN"]
+__all__ = ["MilterFilter", "MessageFate", "REJECTED", "TEMPFAILED", "SHUT_DOWN"]
 
 REJECTED = Reply(550, "Command rejected", enhanced="5.7.1")
 TEMPFAILED = Reply(451, "Service unavailable - try again later", enhanced="4.7.1")
@@ -66,6 +67,22 @@ _ACCEPTED = 2  # the milter accepted it: not asked any more
 _DISCARD = 3  # the milter discards it
 
 
+class MessageFate:
+    """
+    What the milters of one connection decided about its messages beyond a
+    reply, shared with the L{DiscardGate <esmtpkit.milter.front.DiscardGate>}
+    in front of the delivering handler.
+
+    @ivar discarded: the id of the transaction a milter discarded, or
+        L{None}.
+    """
+
+    __slots__ = ("discarded",)
+
+    def __init__(self) -> None:
+        self.discarded: str | None = None
+
+
 class MilterFilter(ESMTPHandler):
     """
     One SMTP session's connection to one milter.
@@ -79,9 +96,17 @@ class MilterFilter(ESMTPHandler):
 
     log = Logger()
 
-    def __init__(self, connector: MilterConnector) -> None:
+    def __init__(
+        self, connector: MilterConnector, fate: MessageFate | None = None
+    ) -> None:
+        """
+        @param fate: where to mark a discarded message for the handler
+            behind (see L{esmtpkit.milter.front}); without one, a discarded
+            message is answered 250 here, as a handler on its own.
+        """
         super().__init__()
         self.connector = connector
+        self.fate = fate
         self.client: MilterClient | None = None
         self.refusal: Reply | None = None
         self._done = False  # no more milter calls this session
@@ -350,7 +375,7 @@ class MilterFilter(ESMTPHandler):
         _merge(changes, transaction.modifications)
         return None
 
-    def _discarded(self) -> Reply:
+    def _discarded(self) -> Reply | None:
         transaction = self.session.transaction
         ident = transaction.id if transaction is not None else ""
         self.log.info(
@@ -359,6 +384,9 @@ class MilterFilter(ESMTPHandler):
             name=self.connector.description,
             message=ident,
         )
+        if self.fate is not None:
+            self.fate.discarded = ident
+            return None
         return Reply(250, f"Message accepted for delivery as {ident}", enhanced="2.0.0")
 
     def ABORT(self) -> None:
