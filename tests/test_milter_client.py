@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from esmtpkit.core.modifications import HeaderChange
 from esmtpkit.milter import wire
+from esmtpkit.milter.answers import customReply
 from esmtpkit.milter.client import (
     OFFERED_ACTIONS,
     OFFERED_PROTOCOL,
@@ -27,7 +28,6 @@ from esmtpkit.milter.client import (
     MilterUnavailable,
 )
 from esmtpkit.milter.filter import MessageFate, MilterFilter
-from esmtpkit.milter.replies import customReply
 from esmtpkit.milter.telling import headerFields
 from esmtpkit.reply import Reply, ReplyError
 from esmtpkit.session import Params, Session

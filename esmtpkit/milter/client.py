@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
-from .replies import MilterReply, decodeReply
+from .answers import MilterReply, decodeReply
 
 __all__ = [
     "MilterClient",

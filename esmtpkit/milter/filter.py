@@ -44,9 +44,9 @@ from ..handler import ESMTPHandler
 from ..reply import Reply, ReplyError
 from ..session import Params
 from . import wire
+from .answers import MilterReply, recordEdits
 from .client import MilterClient
 from .connector import MilterConnector
-from .replies import MilterReply, recordEdits
 from .telling import connectInfo, esmtpArgs, headerFields, sessionMacros
 
 __all__ = ["MilterFilter", "MessageFate", "REJECTED", "TEMPFAILED", "SHUT_DOWN"]
