@@ -225,7 +225,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     # usage.Options shows a method's docstring as its help, spaces and all.
     opt_port.__doc__ = (
-        "Endpoint to listen on (tcp:, ssl:, unix:, haproxy:...), repeatable "
+        "Endpoint to listen on (tcp:, ssl:, unix:, haproxy:...; lmtp:DESC for "
+        "LMTP, milter:DESC to serve the handler as a milter), repeatable "
         f"[default: {DEFAULT_PORT}]."
     )
 

@@ -68,7 +68,7 @@ def listeningDescription(description: str) -> str:
     @raise ValueError: an C{ssl:} description with its own key (workers
         take TLS from C{--tls-cert}/C{--tls-key}).
     """
-    if description.startswith(("haproxy:", "lmtp:")):
+    if description.startswith(("haproxy:", "lmtp:", "milter:")):
         return listeningDescription(description.partition(":")[2])
     if description.startswith("ssl:"):
         if "privateKey=" in description or "certKey=" in description:
