@@ -156,7 +156,8 @@ def transact(
 ) -> dict[str, Any]:
     """
     One SMTP transaction, reply by reply: C{{"mail": (code, text), "rcpt":
-    [...], "data": (code, text) or None}}.
+    [...], "data": (code, text) or None}}; the DATA command's refusal
+    stands for the data reply.
     """
     result: dict[str, Any] = {"rcpt": [], "data": None}
     with smtplib.SMTP(LOOPBACK, port, timeout=30) as client:
@@ -168,7 +169,10 @@ def transact(
             result["rcpt"].append(client.rcpt(recipient))
         if not any(code == 250 for code, _ in result["rcpt"]):
             return result
-        result["data"] = client.data(message)
+        try:
+            result["data"] = client.data(message)
+        except smtplib.SMTPDataError as e:
+            result["data"] = (e.smtp_code, e.smtp_error)
     return result
 
 
