@@ -556,3 +556,68 @@ class TestConfiguration:
 
         with pytest.raises(usage.UsageError):
             Options().parseOptions(["--handler", "esmtpkit.handlers.Sink", *arguments])
+
+
+class AnsweringTransport(StringTransport):
+    """
+    The milter's side of a StringTransport: every command that wants a
+    reply is answered CONTINUE at once, except body chunks, which are held
+    in L{held} until the test answers them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client: MilterClient | None = None
+        self.reader = wire.PacketReader()
+        self.held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        assert self.client is not None
+        for command, body in self.reader.feed(data):
+            if command == wire.BODY:
+                self.held.append(body)
+            elif command not in (wire.MACRO, wire.ABORT, wire.QUIT, wire.OPTNEG):
+                self.client.dataReceived(wire.packet(wire.CONTINUE))
+
+
+def test_slowMilterPausesTheClient() -> None:
+    """
+    Over a whole esmtpkit connection: while the milter has not answered a
+    body chunk, esmtpkit stops reading from the SMTP client; it goes on
+    when the milter answers, and only one piece is with the milter at a
+    time.
+    """
+    from esmtpkit.handlers import Sink
+    from esmtpkit.milter.front import withMilters
+    from esmtpkit.testing import SMTPTestConnection, dotStuff
+
+    clock = Clock()
+    client = MilterClient(clock, name="slow")
+    transport = AnsweringTransport()
+    transport.client = client
+    client.makeConnection(transport)
+    client.dataReceived(
+        wire.packet(wire.OPTNEG, wire.encodeNegotiation(6, wire.SMFIF_ALL, 0))
+    )
+    connector = FakeConnector(client, "tempfail")
+    conn = SMTPTestConnection(withMilters([connector], Sink), clock=clock)  # type: ignore[list-item]
+    assert conn.greeting is not None and conn.greeting.code == 220
+    assert conn.command("EHLO client.example").code == 250
+    assert conn.command("MAIL FROM:<a@example.org>").code == 250
+    assert conn.command("RCPT TO:<b@example.org>").code == 250
+    assert conn.command("DATA").code == 354
+    body = b"z" * 78 + b"\r\n"
+    conn.send(dotStuff(b"Subject: big\r\n\r\n" + body * 2000))
+    answered = 0
+    while transport.held or conn.transport.producerState == "paused":
+        assert len(transport.held) == 1
+        assert conn.transport.producerState == "paused"
+        assert conn.replies() == []
+        transport.held.pop()
+        answered += 1
+        client.dataReceived(wire.packet(wire.CONTINUE))
+        assert answered < 100
+    assert answered >= len(body) * 2000 // 65535 + 1
+    (reply,) = conn.replies()
+    assert reply.code == 250
