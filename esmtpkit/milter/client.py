@@ -20,6 +20,7 @@ esmtpkit runs one at a time.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -108,6 +109,7 @@ DEFAULT_MACROS: dict[int, tuple[str, ...]] = {
     wire.SMFIM_EOM: ("i",),
 }
 
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 0)
 _ACTION_OF = {
     wire.ADDHEADER: wire.SMFIF_ADDHDRS,
     wire.INSHEADER: wire.SMFIF_ADDHDRS,
@@ -223,10 +225,19 @@ class MilterClient(Protocol):
         self._edits: list[tuple[bytes, bytes]] = []
         self._flow = _WriteFlow()
         self._closing = False
+        self._socket: socket.socket | None = None
 
     # -- the connection ---------------------------------------------------
 
     def connectionMade(self) -> None:
+        # One small packet, then a wait for the reply: Nagle's algorithm
+        # would hold a packet back for the ACK of the one before.
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            setNoDelay(True)
+            handle = getattr(self.transport, "getHandle", lambda: None)()
+            if _TCP_QUICKACK and isinstance(handle, socket.socket):
+                self._socket = handle
         self.transport.registerProducer(self._flow, True)
         data = wire.encodeNegotiation(
             wire.VERSION, self.offeredActions, self.offeredProtocol
@@ -267,6 +278,7 @@ class MilterClient(Protocol):
         self.ready.errback(failure)
 
     def dataReceived(self, data: bytes) -> None:
+        self._quickAck()
         try:
             for command, body in self._reader.feed(data):
                 self._packet(command, body)
@@ -274,6 +286,20 @@ class MilterClient(Protocol):
                     return
         except wire.MilterProtocolError as e:
             self._breakProtocol(str(e))
+
+    def _quickAck(self) -> None:
+        # libmilter writes the changes and the final reply of the end of a
+        # message as separate small packets, and leaves Nagle's algorithm
+        # on: the final reply waits for our ACK of the changes, which
+        # Linux delays up to 40 ms. Acknowledging at once (TCP_QUICKACK,
+        # which lasts only until the next delayed ACK, so it is set again
+        # on every read) takes that wait away.
+        if self._socket is None:
+            return
+        try:
+            self._socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        except OSError:
+            self._socket = None
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._flow.stopProducing()
