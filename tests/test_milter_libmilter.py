@@ -9,6 +9,7 @@ sender, a recipient, the Subject or the body.
 from __future__ import annotations
 
 import smtplib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -313,3 +314,21 @@ def test_milterDown(
         assert (result["data"] is not None and result["data"][0] == 250) == delivered
         assert bool(records(tmp_path)) == delivered
         assert "milter inet:127.0.0.1" in server.output()
+
+
+def test_noDelayedAckStall(stack: Stack) -> None:
+    """
+    libmilter writes a change and the final reply of the end of a message
+    as two small packets with Nagle's algorithm on, so the reply waits for
+    the ACK of the change; Linux delays that ACK at least 40 ms unless the
+    client acknowledges at once (TCP_QUICKACK). 60 messages, each with a
+    change, would take 2.4 s or more with the stall.
+    """
+    count = 60
+    with smtplib.SMTP(LOOPBACK, stack.port, timeout=30) as client:
+        client.ehlo("client.test.example")
+        started = time.monotonic()
+        for _ in range(count):
+            client.sendmail("plain@example.org", ["a@example.org"], MESSAGE)
+        elapsed = time.monotonic() - started
+    assert elapsed < count * 0.040, f"{count} messages took {elapsed:.2f}s"
