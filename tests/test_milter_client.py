@@ -621,3 +621,43 @@ def test_slowMilterPausesTheClient() -> None:
     assert answered >= len(body) * 2000 // 65535 + 1
     (reply,) = conn.replies()
     assert reply.code == 250
+
+
+class TestMacros:
+    def test_sessionMacros(self) -> None:
+        from twisted.internet.address import IPv4Address, UNIXAddress
+
+        from esmtpkit.milter.telling import connectInfo, sessionMacros
+        from esmtpkit.session import Recipient, TLSInfo
+
+        session = Session(
+            peer=IPv4Address("TCP", "192.0.2.7", 40000),
+            host=IPv4Address("TCP", "198.51.100.1", 25),
+            hostname="mx.example",
+        )
+        session.tls = TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384")
+        session.authenticated = b"alice"
+        session.authMechanism = "PLAIN"
+        params = Params(AUTH="alice@example.org")
+        transaction = session.transaction = session.newTransaction("a@x", params)
+        transaction.recipients.append(Recipient("b@y"))
+        macros = sessionMacros(session, daemonName="smtpd")
+        assert macros["j"] == "mx.example"
+        assert macros["{daemon_name}"] == "smtpd"
+        assert macros["{daemon_addr}"] == "198.51.100.1"
+        assert macros["{daemon_port}"] == "25"
+        assert macros["{client_addr}"] == "192.0.2.7"
+        assert macros["{client_port}"] == "40000"
+        assert macros["_"] == "unknown [192.0.2.7]"
+        assert macros["{tls_version}"] == "TLSv1.3"
+        assert macros["{cipher}"] == "TLS_AES_256_GCM_SHA384"
+        assert macros["{auth_authen}"] == "alice"
+        assert macros["{auth_type}"] == "PLAIN"
+        assert macros["{auth_author}"] == "alice@example.org"
+        assert macros["i"] == transaction.id
+        assert macros["{mail_addr}"] == "a@x"
+        assert macros["{rcpt_addr}"] == "b@y"
+        assert connectInfo(session) == ("[192.0.2.7]", b"4", 40000, "192.0.2.7")
+        local = Session(peer=UNIXAddress(b"/run/smtp.sock"))
+        assert connectInfo(local) == ("localhost", b"L", 0, "/run/smtp.sock")
+        assert connectInfo(Session()) == ("localhost", b"U", 0, "")
