@@ -158,11 +158,11 @@ def recordEdits(
                 else:
                     changes.deleteHeader(name, index or 1)
             elif command == wire.CHGFROM:
-                parts = _texts(wire.splitStrings(data))
-                changes.changeSender(parts[0], _params(parts[1:]))
+                words = _texts(wire.splitStrings(data))
+                changes.changeSender(words[0], _params(words[1:]))
             elif command in (wire.ADDRCPT, wire.ADDRCPT_PAR):
-                parts = _texts(wire.splitStrings(data))
-                changes.addRecipient(parts[0], _params(parts[1:]))
+                words = _texts(wire.splitStrings(data))
+                changes.addRecipient(words[0], _params(words[1:]))
             elif command == wire.DELRCPT:
                 (address,) = _texts(wire.splitStrings(data, 1))
                 changes.deleteRecipient(address)

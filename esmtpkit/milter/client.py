@@ -196,6 +196,8 @@ class MilterClient(Protocol):
     """
 
     log = Logger()
+    # A TCP or unix transport (abortConnection, registerProducer).
+    transport: Any
 
     def __init__(
         self,

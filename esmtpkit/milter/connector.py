@@ -15,7 +15,7 @@ from twisted.internet.endpoints import (
     UNIXClientEndpoint,
     clientFromString,
 )
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 
 from .client import MilterClient
@@ -49,7 +49,8 @@ def milterEndpoint(
     if kind in ("unix", "local") and "=" not in rest:
         return UNIXClientEndpoint(reactor, rest, timeout=timeout)
     try:
-        return clientFromString(reactor, description)
+        endpoint: IStreamClientEndpoint = clientFromString(reactor, description)
+        return endpoint
     except Exception as e:
         raise ValueError(f"{description!r}: {e}") from None
 
@@ -120,4 +121,9 @@ class MilterConnector:
         connecting = self.endpoint.connect(factory)
         if self.connectTimeout:
             connecting.addTimeout(self.connectTimeout, self.reactor)
-        return connecting.addCallback(lambda client: client.ready)
+
+        def negotiating(client: IProtocol) -> Deferred[MilterClient]:
+            assert isinstance(client, MilterClient)
+            return client.ready
+
+        return connecting.addCallback(negotiating)

@@ -214,7 +214,7 @@ class MilterFilter(ESMTPHandler):
 
     # -- the connection ---------------------------------------------------
 
-    async def CONNECT(self) -> Reply | None:  # type: ignore[override]
+    async def CONNECT(self) -> Reply | None:
         try:
             self.client = await self.connector.connect()
         except Exception as e:
@@ -258,7 +258,7 @@ class MilterFilter(ESMTPHandler):
 
     # -- the transaction --------------------------------------------------
 
-    async def MAIL(self, sender: str, params: Params) -> Reply | None:  # type: ignore[override]
+    async def MAIL(self, sender: str, params: Params) -> Reply | None:
         self._endMessage()
         if self.refusal is not None:
             return self.refusal
@@ -269,7 +269,7 @@ class MilterFilter(ESMTPHandler):
         self._inMessage = True
         return await self._ask(client.mail(sender, esmtpArgs(params), self._macros()))
 
-    async def RCPT(self, recipient: str, params: Params) -> Reply | None:  # type: ignore[override]
+    async def RCPT(self, recipient: str, params: Params) -> Reply | None:
         if self.refusal is not None:
             return self.refusal
         client = self._usable()
@@ -278,7 +278,7 @@ class MilterFilter(ESMTPHandler):
         macros = self._macros(rcpt_addr=recipient)
         return await self._ask(client.rcpt(recipient, esmtpArgs(params), macros))
 
-    async def DATA(self) -> Reply | None:  # type: ignore[override]
+    async def DATA(self) -> Reply | None:
         if self.refusal is not None:
             return self.refusal
         client = self._usable()
@@ -338,7 +338,7 @@ class MilterFilter(ESMTPHandler):
         if refusal is not None:
             raise ReplyError(refusal)
 
-    async def EOM(self) -> Reply | None:  # type: ignore[override]
+    async def EOM(self) -> Reply | None:
         """
         Ask the milter for its verdict on the message; record its changes
         on the transaction's modifications when it lets the message

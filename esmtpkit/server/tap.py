@@ -361,11 +361,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         from ..milter.connector import MilterConnector
         from ..milter.front import withMilters
 
-        timeouts = {}
+        timeouts = []
         for kind in ("connect", "command", "content"):
             option = f"milter-{kind}-timeout"
             try:
-                timeouts[kind + "Timeout"] = float(self[option])
+                timeouts.append(float(self[option]))
             except ValueError:
                 raise usage.UsageError(
                     f"--{option}: {self[option]!r} is not a number"
@@ -376,8 +376,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 connectors.append(
                     MilterConnector(
                         description,
+                        connectTimeout=timeouts[0],
+                        commandTimeout=timeouts[1],
+                        contentTimeout=timeouts[2],
                         defaultAction=self["milter-default-action"],
-                        **timeouts,
                     )
                 )
             except ValueError as e:
