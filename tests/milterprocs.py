@@ -24,11 +24,15 @@ TEST_MILTER = PROJECT_ROOT / "tests" / "milters" / "testmilter.py"
 
 
 def waitListening(
-    port: int, process: subprocess.Popen[bytes], output: Path, timeout: float = 20.0
+    port: int | str,
+    process: subprocess.Popen[bytes],
+    output: Path,
+    timeout: float = 20.0,
 ) -> None:
     """
-    Wait until something accepts connections on 127.0.0.1:C{port}; fail
-    with C{output} if C{process} exits first or time runs out.
+    Wait until something accepts connections on 127.0.0.1:C{port} (or on
+    the unix socket at path C{port}); fail with C{output} if C{process}
+    exits first or time runs out.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -37,8 +41,14 @@ def waitListening(
                 f"milter exited with {process.returncode}:\n{output.read_text()}"
             )
         try:
-            with socket.create_connection((LOOPBACK, port), timeout=1.0):
-                return
+            if isinstance(port, str):
+                with socket.socket(socket.AF_UNIX) as unix:
+                    unix.settimeout(1.0)
+                    unix.connect(port)
+            else:
+                with socket.create_connection((LOOPBACK, port), timeout=1.0):
+                    pass
+            return
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"milter not listening on {port}:\n{output.read_text()}")
@@ -59,14 +69,16 @@ def stopProcess(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None
 
 class MilterProcess:
     """
-    A milter subprocess listening on a loopback port.
+    A milter subprocess listening on a loopback port (or a unix socket,
+    when C{port} is its path).
     """
 
-    def __init__(self, args: Sequence[str], cwd: Path, port: int) -> None:
+    def __init__(self, args: Sequence[str], cwd: Path, port: int | str) -> None:
         self.args = list(args)
         self.cwd = cwd
         self.port = port
-        self.outputPath = cwd / f"milter-{port}.out"
+        tag = port if isinstance(port, int) else Path(port).name
+        self.outputPath = cwd / f"milter-{tag}.out"
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> MilterProcess:
@@ -90,13 +102,25 @@ class MilterProcess:
         stopProcess(self.process)
 
 
-def pymilterProcess(cwd: Path) -> tuple[MilterProcess, Path]:
+def pymilterProcess(
+    cwd: Path, unixPath: str | None = None, passive: bool = False
+) -> tuple[MilterProcess, Path]:
     """
-    The pymilter test milter (not yet started) and the log it writes.
+    The pymilter test milter (not yet started) and the log it writes; on a
+    free loopback port, or on the unix socket C{unixPath}; C{passive}, it
+    ignores what the sender asks and always goes on.
     """
-    port = freePort()
-    log = cwd / "milter-log.jsonl"
-    args = [SYSTEM_PYTHON, str(TEST_MILTER), f"inet:{port}@{LOOPBACK}", str(log)]
+    if unixPath is None:
+        port: int | str = freePort()
+        where = f"inet:{port}@{LOOPBACK}"
+        log = cwd / "milter-log.jsonl"
+    else:
+        port = where = unixPath
+        where = f"unix:{unixPath}"
+        log = cwd / "milter-unix-log.jsonl"
+    args = [SYSTEM_PYTHON, str(TEST_MILTER), where, str(log)]
+    if passive:
+        args.append("passive")
     return MilterProcess(args, cwd, port), log
 
 

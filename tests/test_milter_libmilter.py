@@ -8,7 +8,10 @@ sender, a recipient, the Subject or the body.
 
 from __future__ import annotations
 
+import os
+import shutil
 import smtplib
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -332,3 +335,43 @@ def test_noDelayedAckStall(stack: Stack) -> None:
             client.sendmail("plain@example.org", ["a@example.org"], MESSAGE)
         elapsed = time.monotonic() - started
     assert elapsed < count * 0.040, f"{count} messages took {elapsed:.2f}s"
+
+
+def test_twoMiltersInOrder(tmp_path: Path) -> None:
+    """
+    Two C{--milter}s, one on a unix socket (Postfix's C{unix:PATH}) and one
+    on TCP, are asked in order: both changes are recorded, the first one's
+    first; a refusal by the second stops the message though the first let
+    it through.
+    """
+    socketDir = tempfile.mkdtemp(prefix="milter", dir="/tmp")
+    try:
+        path = os.path.join(socketDir, "m.sock")
+        unixMilter, unixLog = pymilterProcess(tmp_path, unixPath=path, passive=True)
+        inetMilter, inetLog = pymilterProcess(tmp_path)
+        with unixMilter, inetMilter:
+            server, port = esmtpkitWithMilters(
+                tmp_path, [f"unix:{path}", f"inet:{LOOPBACK}:{inetMilter.port}"]
+            )
+            with server:
+                result = transact(port, "plain@example.org", ["a@example.org"], MESSAGE)
+                code, text = result["data"]
+                assert code == 250
+                record = records(tmp_path)[queuedId(text)]
+                assert record["headers"] == [
+                    ["add", "X-Test-Milter", "seen", 0],
+                    ["add", "X-Test-Milter", "seen", 0],
+                ]
+                (unixSaw,) = milterLog(unixLog)
+                (inetSaw,) = milterLog(inetLog)
+                assert unixSaw["macros"]["eom"]["i"] == record["id"]
+                assert inetSaw["macros"]["eom"]["i"] == record["id"]
+                refused = transact(
+                    port, "eomreject@example.org", ["a@example.org"], MESSAGE
+                )
+                assert refused["data"] == (550, b"5.7.1 Command rejected")
+                # The first milter let it through (and saw its end).
+                assert [r["mode"] for r in milterLog(unixLog)] == ["plain", "plain"]
+                assert [r["mode"] for r in milterLog(inetLog)][-1] == "eomreject"
+    finally:
+        shutil.rmtree(socketDir, ignore_errors=True)

@@ -2,7 +2,7 @@
 A milter on Debian's python3-milter (pymilter, on Sendmail's libmilter) for
 the milter client tests. Run it with the system Python:
 
-    /usr/bin/python3 tests/milters/testmilter.py inet:PORT@127.0.0.1 LOG
+    /usr/bin/python3 tests/milters/testmilter.py inet:PORT@127.0.0.1 LOG [passive]
 
 What it does is chosen by the local part of the sender (reject, tempfail,
 custom, multiline, accept, discard, eomreject, eomtempfail, eomdiscard,
@@ -21,6 +21,8 @@ import time
 import Milter
 
 LOG = sys.argv[2] if len(sys.argv) > 2 else "/dev/null"
+# "passive": ignore the sender's wishes, always go on and add the header.
+PASSIVE = len(sys.argv) > 3 and sys.argv[3] == "passive"
 
 CONNECT_MACROS = (
     "j",
@@ -93,7 +95,7 @@ class TestMilter(Milter.Base):
 
     def envfrom(self, sender, *args):
         self._reset()
-        self.mode = _local(sender)
+        self.mode = "plain" if PASSIVE else _local(sender)
         self.mailArgs = list(args)
         self._symbols("mail", MAIL_MACROS)
         mode = self.mode
