@@ -437,6 +437,39 @@ class TestFilter:
         assert milter.fate is not None
         assert milter.fate.discarded == session.transaction.id
 
+    @pytest.mark.parametrize(
+        "reply, mail",
+        [
+            (wire.packet(wire.ACCEPT), None),
+            (wire.packet(wire.REJECT), Reply(550, "5.7.1 Command rejected")),
+            (
+                wire.packet(wire.REPLYCODE, b"554 5.7.1 Go away\0"),
+                Reply(554, "5.7.1 Go away"),
+            ),
+        ],
+    )
+    def test_atConnect(self, reply: bytes, mail: Reply | None) -> None:
+        """
+        Accept at connect: the milter is not asked again this session. A
+        refusal at connect: the client is greeted, and MAIL gets it.
+        """
+        client, transport, _ = negotiated()
+        milter, session = makeFilter("tempfail", client)
+        connecting = ensureDeferred(milter.CONNECT())
+        answer(transport, client, reply)
+        assert result(connecting) is None
+        session.transaction = session.newTransaction("a@example.org", Params())
+        mailing = ensureDeferred(milter.MAIL("a@example.org", Params()))
+        assert result(mailing) == mail
+        assert [c for c, _ in packets(transport)] == [wire.QUIT]
+
+    def test_shutdown(self) -> None:
+        milter, _, client, transport, _ = self.startMessage()
+        asking = ensureDeferred(milter.RCPT("b@example.org", Params()))
+        answer(transport, client, wire.packet(wire.SHUTDOWN))
+        assert result(asking) == Reply(421, "4.7.0 Service shutting down")
+        assert milter.disconnect
+
     def test_abortSent(self) -> None:
         milter, _, client, transport, _ = self.startMessage()
         milter.ABORT()
