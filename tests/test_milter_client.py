@@ -694,3 +694,14 @@ class TestMacros:
         local = Session(peer=UNIXAddress(b"/run/smtp.sock"))
         assert connectInfo(local) == ("localhost", b"L", 0, "/run/smtp.sock")
         assert connectInfo(Session()) == ("localhost", b"U", 0, "")
+
+
+def test_packageExports() -> None:
+    import esmtpkit.milter
+    from esmtpkit.milter.front import withMilters
+
+    assert esmtpkit.milter.MilterFilter is MilterFilter
+    assert esmtpkit.milter.MilterClient is MilterClient
+    assert esmtpkit.milter.withMilters is withMilters
+    with pytest.raises(AttributeError):
+        esmtpkit.milter.Nothing  # noqa: B018
