@@ -363,7 +363,7 @@ class TestFilter:
     )
     def test_closedMidBody(self, action: str, refused: int | None) -> None:
         milter, session, client, transport, _ = self.startMessage(action)
-        body = ensureDeferred(milter.BODY(b"x" * 100))
+        body = ensureDeferred(milter.BODY(b"x" * 70_000))
         client.connectionLost(Failure(ConnectionDone()))
         outcome = result(body)
         if refused is None:
@@ -373,22 +373,64 @@ class TestFilter:
             assert isinstance(outcome.value, ReplyError)
             assert outcome.value.reply.code == refused
 
+    @pytest.mark.parametrize(
+        "action, refused", [("tempfail", 451), ("reject", 550), ("accept", None)]
+    )
+    def test_closedBetweenCommands(self, action: str, refused: int | None) -> None:
+        """
+        A milter that closed while nothing was asked of it is found out at
+        the next command, which gets the default action.
+        """
+        milter, session, client, transport, _ = self.startMessage(action)
+        assert result(ensureDeferred(milter.BODY(b"x" * 100))) is None
+        client.connectionLost(Failure(ConnectionDone()))
+        ending = result(ensureDeferred(milter.EOM()))
+        if refused is None:
+            assert ending is None
+        else:
+            assert ending.code == refused
+        assert packets(transport) == []
+
     def test_bodyPiecesOneAtATime(self) -> None:
         """
         A chunk larger than a milter packet goes in pieces, each sent only
         once the one before was answered: BODY is pending until the last.
+        What is left over waits for the next chunk, then for the end of the
+        message.
         """
         milter, _, client, transport, _ = self.startMessage()
         body = ensureDeferred(milter.BODY(b"y" * 150_000))
         sizes = []
-        for _ in range(3):
+        for _ in range(2):
             assert not body.called
             ((command, data),) = packets(transport)
             assert command == wire.BODY
             sizes.append(len(data))
             client.dataReceived(wire.packet(wire.CONTINUE))
-        assert sizes == [65535, 65535, 150_000 - 2 * 65535]
         assert result(body) is None
+        assert packets(transport) == []
+        # 18,930 octets left, and 50,000 more: one piece of 65,535.
+        more = ensureDeferred(milter.BODY(b"z" * 50_000))
+        ((command, data),) = packets(transport)
+        assert data == b"y" * 18_930 + b"z" * 46_605
+        client.dataReceived(wire.packet(wire.CONTINUE))
+        assert result(more) is None
+        ending = ensureDeferred(milter.EOM())
+        ((command, data),) = packets(transport)
+        assert (command, data) == (wire.BODY, b"z" * 3_395)
+        client.dataReceived(wire.packet(wire.CONTINUE))
+        assert [c for c, _ in packets(transport)] == [wire.MACRO, wire.BODYEOB]
+        client.dataReceived(wire.packet(wire.CONTINUE))
+        assert result(ending) is None
+        assert sizes == [65535, 65535]
+
+    def test_restRefusedAtEnd(self) -> None:
+        milter, _, client, transport, _ = self.startMessage()
+        assert result(ensureDeferred(milter.BODY(b"BODYREJECT"))) is None
+        ending = ensureDeferred(milter.EOM())
+        answer(transport, client, wire.packet(wire.REJECT))
+        assert result(ending) == Reply(550, "5.7.1 Command rejected")
+        assert packets(transport) == []
 
     def test_skip(self) -> None:
         milter, _, client, transport, _ = self.startMessage()

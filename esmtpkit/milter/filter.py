@@ -45,7 +45,7 @@ from ..reply import Reply, ReplyError
 from ..session import Params
 from . import wire
 from .answers import MilterReply, recordEdits
-from .client import MilterClient
+from .client import MilterClient, MilterUnavailable
 from .connector import MilterConnector
 from .telling import connectInfo, esmtpArgs, headerFields, sessionMacros
 
@@ -112,13 +112,22 @@ class MilterFilter(ESMTPHandler):
         self._done = False  # no more milter calls this session
         self._message = _NONE
         self._skipBody = False
+        self._bodyRest = b""  # less than a body piece, not sent yet
         self._inMessage = False  # the milter saw MAIL and no end since
 
     # -- asking the milter ------------------------------------------------
 
     def _usable(self) -> MilterClient | None:
+        """
+        The milter connection, if it is to be asked; one found broken
+        (closed between commands) applies the default action first, so
+        check L{refusal} after this.
+        """
         client = self.client
-        if client is None or self._done or client.broken is not None:
+        if client is None or self._done:
+            return None
+        if client.broken is not None:
+            self._failed(client.broken.value or MilterUnavailable("gone"))
             return None
         return client
 
@@ -211,6 +220,7 @@ class MilterFilter(ESMTPHandler):
         self._inMessage = False
         self._message = _NONE
         self._skipBody = False
+        self._bodyRest = b""
 
     # -- the connection ---------------------------------------------------
 
@@ -260,9 +270,9 @@ class MilterFilter(ESMTPHandler):
 
     async def MAIL(self, sender: str, params: Params) -> Reply | None:
         self._endMessage()
+        client = self._usable()
         if self.refusal is not None:
             return self.refusal
-        client = self._usable()
         if client is None:
             return None
         self._message = _ACTIVE
@@ -270,18 +280,18 @@ class MilterFilter(ESMTPHandler):
         return await self._ask(client.mail(sender, esmtpArgs(params), self._macros()))
 
     async def RCPT(self, recipient: str, params: Params) -> Reply | None:
+        client = self._usable()
         if self.refusal is not None:
             return self.refusal
-        client = self._usable()
         if client is None or self._message != _ACTIVE:
             return None
         macros = self._macros(rcpt_addr=recipient)
         return await self._ask(client.rcpt(recipient, esmtpArgs(params), macros))
 
     async def DATA(self) -> Reply | None:
+        client = self._usable()
         if self.refusal is not None:
             return self.refusal
-        client = self._usable()
         if client is None or self._message != _ACTIVE:
             return None
         return await self._ask(client.data(self._macros()))
@@ -306,33 +316,41 @@ class MilterFilter(ESMTPHandler):
 
     async def BODY(self, chunk: bytes) -> None:
         """
-        Send a body chunk, in pieces of at most 65,535 octets, each after
-        the milter answered the one before: a slow milter slows the client.
+        Send the body in pieces of 65,535 octets (the most a milter takes),
+        each after the milter answered the one before: a slow milter slows
+        the client. Less than a piece left over waits for the next chunk
+        (or the end of the message), so esmtpkit's 64 KiB chunks do not
+        cost two round trips each.
         """
         client = self._content()
         if client is None or self._skipBody or not client.wants(wire.BODY):
             return
+        data = self._bodyRest + chunk if self._bodyRest else chunk
         size = wire.MAX_BODY_CHUNK
-        for start in range(0, len(chunk), size):
-            sending = client.body(chunk[start : start + size])
-            try:
-                answer = await sending
-            except Exception as e:
-                self._refuse(self._failed(e))
-                return
-            if answer.action == wire.SKIP:
-                self._skipBody = True
-                return
-            self._refuse(self._verdict(answer))
-            if self._message != _ACTIVE:
+        whole = len(data) - len(data) % size
+        self._bodyRest = data[whole:]
+        for start in range(0, whole, size):
+            await self._sendBody(client, data[start : start + size])
+            if self._skipBody or self._message != _ACTIVE:
+                self._bodyRest = b""
                 return
 
+    async def _sendBody(self, client: MilterClient, piece: bytes) -> None:
+        try:
+            answer = await client.body(piece)
+        except Exception as e:
+            self._refuse(self._failed(e))
+            return
+        if answer.action == wire.SKIP:
+            self._skipBody = True
+            return
+        self._refuse(self._verdict(answer))
+
     def _content(self) -> MilterClient | None:
+        client = self._usable() if self._message == _ACTIVE else None
         if self.refusal is not None:
             raise ReplyError(self.refusal)
-        if self._message != _ACTIVE:
-            return None
-        return self._usable()
+        return client
 
     def _refuse(self, refusal: Reply | None) -> None:
         if refusal is not None:
@@ -344,6 +362,16 @@ class MilterFilter(ESMTPHandler):
         on the transaction's modifications when it lets the message
         through.
         """
+        rest, self._bodyRest = self._bodyRest, b""
+        client = self._usable()
+        if rest and client is not None and self.refusal is None:
+            if self._message == _ACTIVE and not self._skipBody:
+                try:
+                    await self._sendBody(client, rest)
+                except ReplyError as e:
+                    self._message = _NONE
+                    self._inMessage = False
+                    return e.reply
         state = self._message
         self._message = _NONE
         self._inMessage = False
