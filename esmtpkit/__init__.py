@@ -8,7 +8,9 @@ with L{ESMTPFactory} or L{ESMTPService}.
 """
 
 from .core.events import ServerEvents, ServerObserver
+from .core.modifications import Modifications
 from .core.results import PerRecipient
+from .core.rewrite import ModifiedMessage
 from .handler import NO_OPINION, ESMTPHandler
 from .interfaces import IESMTPHandler
 from .received import receivedHeader
@@ -30,6 +32,8 @@ __all__ = [
     "IESMTPHandler",
     "LMTPFactory",
     "LMTPProtocol",
+    "Modifications",
+    "ModifiedMessage",
     "NO_OPINION",
     "PerRecipient",
     "Recipient",

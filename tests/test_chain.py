@@ -28,7 +28,7 @@ from esmtpkit.server.tap import Options
 from esmtpkit.session import Session
 from esmtpkit.testing import LMTPTestConnection, SMTPTestConnection
 
-from .helpers import LOOPBACK, maildirFiles, waitUntil
+from .helpers import LOOPBACK, maildirFiles, tempDir, waitUntil
 
 reactor: Any = _reactor
 MESSAGE = b"Subject: hello\r\nFrom: a@example.org\r\n\r\nline one\r\nline two\r\n"
@@ -510,7 +510,7 @@ class ChainSocketTests(TestCase):
     timeout = 60
 
     async def test_overRealSocket(self) -> None:
-        box = Path(self.mktemp())
+        box = tempDir(self) / "box"
 
         class SpamFilter(ESMTPHandler):
             def HEADER(self, name: str, value: str) -> None:
@@ -549,3 +549,70 @@ class ChainSocketTests(TestCase):
         self.assertEqual(len(maildirFiles(box, "new")), 1)
         self.assertEqual(maildirFiles(box, "tmp"), [])
         await ensureDeferred(waitUntil(lambda: not factory.connections))
+
+
+def test_chainClassWithHandlersOption(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    argv = ["--port", "tcp:0:interface=127.0.0.1", "--maildir", str(box)]
+    options = Options()
+    options.parseOptions(
+        [
+            "--handler",
+            "esmtpkit.handlers.Chain",
+            "--handler-option",
+            "handlers=tests.optionhandlers.Filter,esmtpkit.handlers.Maildir",
+            *argv,
+        ]
+    )
+    chain = options["handlerFactory"]()
+    assert [type(h).__name__ for h in chain.handlers] == ["Filter", "Maildir"]
+    single = Options()
+    single.parseOptions(
+        [
+            "--handler",
+            "esmtpkit.handlers.Chain",
+            "--handler-option",
+            "handlers=esmtpkit.handlers.Sink",
+            *argv,
+        ]
+    )
+    assert [type(h) for h in single["handlerFactory"]().handlers] == [Sink]
+    with pytest.raises(StartupError) as raised:
+        Options().parseOptions(["--handler", "esmtpkit.handlers.Chain", *argv])
+    assert "handlers=a.X,b.Y is required" in raised.value.message
+
+
+def test_deferredBodyHoldsTheNextMember() -> None:
+    """
+    A member whose BODY returns a Deferred holds the chain (and the
+    input): the next member gets the chunk only once it fired.
+    """
+    log: list[Any] = []
+    pending: list[Deferred[None]] = []
+
+    def slow(self: Any, chunk: bytes) -> Deferred[None]:
+        pending.append(Deferred())
+        return pending[-1]
+
+    conn = SMTPTestConnection(
+        lambda: Chain([Recorder("slow", log, BODY=slow), Recorder("next", log)])
+    )
+    transaction(conn)
+    conn.command("DATA")
+    conn.send(MESSAGE + b".\r\n")
+    assert calls(log, "BODY") == ["slow"]
+    assert conn.replies() == []
+    pending[0].callback(None)
+    assert calls(log, "BODY") == ["slow", "next"]
+    [reply] = conn.replies()
+    assert reply.code == 250
+
+
+def test_nestedChain() -> None:
+    log: list[Any] = []
+    inner = lambda: Chain([Recorder("i1", log), Recorder("i2", log)])  # noqa: E731
+    conn = SMTPTestConnection(lambda: Chain([Recorder("o", log), inner()]))
+    transaction(conn)
+    assert conn.sendMessage(MESSAGE).code == 250
+    assert calls(log, "EOM") == ["o", "i1", "i2"]
+    assert calls(log, "BODY") == ["o", "i1", "i2"]

@@ -9,8 +9,10 @@ C{twistd} for the help text and the error line).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from esmtpkit.server.tap import Options
 from esmtpkit.testing import SMTPTestConnection
 
 from . import optionhandlers
-from .helpers import twistdExecutable
+from .helpers import readReplies, twistdExecutable
 
 ARCHIVE = "tests.optionhandlers.Archive"
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,3 +246,124 @@ def test_twistdBadValueOneLine(tmp_path: Path) -> None:
         f"esmtpkit: --handler {ARCHIVE}: max-age: '-2' is not at least 1"
     ], result.stderr
     assert result.stdout == ""
+
+
+def test_twistdServesAChain(tmp_path: Path) -> None:
+    """
+    A real twistd serving --handler Debug,Maildir on a unix socket: the
+    message is in the Maildir, Debug's lines are in twistd's output, and
+    Debug's option (output=) reached it.
+    """
+    sock = tmp_path / "smtp.sock"
+    box = tmp_path / "box"
+    debugLog = tmp_path / "debug.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with open(tmp_path / "out", "w") as out:
+        process = subprocess.Popen(
+            [
+                twistdExecutable(),
+                "-n",
+                "--pidfile=",
+                "esmtpkit",
+                "--port",
+                f"unix:{sock}",
+                "--handler",
+                "esmtpkit.handlers.Debug,esmtpkit.handlers.Maildir",
+                "--maildir",
+                str(box),
+                "--handler-option",
+                f"Debug.output={debugLog}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert process.poll() is None, (tmp_path / "out").read_text()
+            assert time.monotonic() < deadline, "twistd did not listen"
+            time.sleep(0.05)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(sock))
+            readReplies(client, 1)
+            client.sendall(b"EHLO c.example\r\n")
+            assert readReplies(client, 1)[0][0].code == 250
+            client.sendall(
+                b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+            )
+            replies, _ = readReplies(client, 3)
+            assert [r.code for r in replies] == [250, 250, 354]
+            client.sendall(b"Subject: via twistd\r\n\r\nhello\r\n.\r\nQUIT\r\n")
+            replies, _ = readReplies(client, 2)
+            assert [r.code for r in replies] == [250, 221]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    [delivered] = list((box / "new").iterdir())
+    assert b"Subject: via twistd" in delivered.read_bytes()
+    text = debugLog.read_text()
+    assert "Subject: via twistd" in text and "end of message" in text
+
+
+def test_optionsMustBeHandlerOptions() -> None:
+    class Plain(ESMTPHandler):
+        class Options(usage.Options):
+            optParameters = [["a", None, None, "A."]]
+
+    module = types.ModuleType("plainmodule")
+    module.Plain = Plain  # type: ignore[attr-defined]
+    sys.modules["plainmodule"] = module
+    try:
+        with pytest.raises(StartupError) as raised:
+            handlerFactory("plainmodule.Plain")
+    finally:
+        del sys.modules["plainmodule"]
+    assert "Plain.Options is not a subclass of esmtpkit.handlers.HandlerOptions" in (
+        raised.value.message
+    )
+
+
+def test_maildirHandlerOptions(tmp_path: Path) -> None:
+    """
+    Maildir declares its options: path and the delivery headers; --maildir
+    stays a spelling of the folder, path= wins over it.
+    """
+    folder = tmp_path / "box"
+    options = parse(
+        "--handler",
+        "esmtpkit.handlers.Maildir",
+        "--maildir",
+        str(tmp_path / "ignored"),
+        "--handler-option",
+        f"path={folder}",
+        "--handler-option",
+        "no-delivered-to",
+        "--handler-option",
+        "no-fsync",
+    )
+    handler = options["handlerFactory"]()
+    assert isinstance(handler, Maildir)
+    assert handler.path == str(folder)
+    assert (handler.deliveredTo, handler.originalTo, handler.fsync) == (
+        False,
+        True,
+        False,
+    )
+    assert (folder / "new").is_dir()
+
+
+def test_maildirBadQuarantineFolder(tmp_path: Path) -> None:
+    with pytest.raises(StartupError) as raised:
+        parse(
+            "--handler",
+            "esmtpkit.handlers.Maildir",
+            "--handler-option",
+            f"path={tmp_path}",
+            "--handler-option",
+            "quarantine-folder=../x",
+        )
+    assert "quarantine-folder" in raised.value.message
+    assert "\n" not in raised.value.message

@@ -222,3 +222,35 @@ def test_smtplibSeesFinalReply(
     postfix.deliveryStatus("bob@example.org")
     postfix.deliveryStatus(ADDED_RECIPIENT)
     assert len(maildirFiles(maildir, "new")) == 1
+
+
+@pytest.mark.parametrize("version", ["2", "4"])
+def test_olderProtocol(
+    version: str,
+    privatePostfix: Callable[..., PrivatePostfix],
+    relay: tuple[int, Path, TwistdServer],
+    milter: tuple[int, TwistdServer],
+) -> None:
+    """
+    Postfix set to an older milter protocol (C{milter_protocol = 2}, 4):
+    esmtpkit answers with that version, without the steps it lacks; the
+    refusal and the changes still go through.
+    """
+    relayPort, maildir, _ = relay
+    milterPort, milterServer = milter
+    postfix = privatePostfix(
+        f"smtp:[{LOOPBACK}]:{relayPort}",
+        milters=[f"inet:{LOOPBACK}:{milterPort}"],
+        extra={"milter_protocol": version},
+    )
+    refused = postfix.submit(MESSAGE, [REFUSED_RECIPIENT])
+    assert refused.rcpt[REFUSED_RECIPIENT][0] == 550, refused
+    accepted = postfix.submit(MESSAGE)
+    assert accepted.data is not None and accepted.data[0] == 250, accepted
+    postfix.deliveryStatus(ADDED_RECIPIENT, accepted.queueId)
+    [stored] = maildirFiles(maildir, "new")
+    header, _, body = stored.read_bytes().partition(b"\r\n\r\n")
+    assert body == NEW_BODY
+    assert b"\r\nX-Milter: esmtpkit\r\n" in header + b"\r\n"
+    assert b"\r\nX-Milter-Top: first\r\n" in header
+    assert "milter protocol error" not in milterServer.output()

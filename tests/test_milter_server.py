@@ -421,6 +421,28 @@ class ConnectionTests(SynchronousTestCase):
         self.assertNotIn("j", mta.session.macros)
         self.assertEqual(Recorder.instances[1].names(), ["CONNECT"])
 
+    def test_lostWhileClosingAfterK(self) -> None:
+        """
+        The connection is lost while the conversation before a K is still
+        closing (DISCONNECT pending): it ends all the same, once.
+        """
+        pending: list[Deferred[Any]] = []
+
+        class SlowBye(ESMTPHandler):
+            def DISCONNECT(self) -> Any:
+                pending.append(Deferred())
+                return pending[-1]
+
+        mta = FakeMTA(SlowBye)
+        mta.start()
+        mta.send(wire.QUIT_NC)
+        limits = mta.factory.context.limits
+        mta.close()
+        self.assertIn(mta.protocol, limits.ending)
+        pending[0].callback(None)
+        self.assertEqual(limits.ending, {})
+        self.assertEqual(limits.connections, {})
+
     def test_connectionLost(self) -> None:
         """
         A lost connection closes the conversation: ABORT, then DISCONNECT.
@@ -463,7 +485,13 @@ class ConnectionTests(SynchronousTestCase):
         """
         mta = FakeMTA(Recorder)
         mta.negotiate()
-        mta.macros(wire.CONNECT, j="mx.example.net", daemon_name="smtpd")
+        mta.macros(
+            wire.CONNECT,
+            j="mx.example.net",
+            daemon_name="smtpd",
+            daemon_addr="198.51.100.25",
+            daemon_port="25",
+        )
         mta.connect("client.example", address="203.0.113.9")
         mta.macros(wire.HELO, tls_version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384")
         mta.command(wire.HELO, "client.example")
@@ -477,6 +505,7 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(session.peerHost, "203.0.113.9")
         self.assertEqual(session.peerName, "client.example")
         self.assertEqual(session.hostname, "mx.example.net")
+        self.assertEqual((session.host.host, session.host.port), ("198.51.100.25", 25))
         self.assertEqual(session.heloName, "client.example")
         self.assertEqual(session.tls.version, "TLSv1.3")
         self.assertEqual(session.tls.cipher, "TLS_AES_256_GCM_SHA384")
@@ -679,6 +708,30 @@ class ContentTests(SynchronousTestCase):
         self.assertEqual(mta.session.messages, 1)
 
 
+class SkipBodyStandAloneTests(SynchronousTestCase):
+    def test_smtp(self) -> None:
+        """
+        SKIP_BODY works stand-alone too: BODY is not called again, the
+        message is still counted and accepted.
+        """
+        from esmtpkit.testing import SMTPTestConnection
+
+        calls: list[bytes] = []
+
+        class Enough(ESMTPHandler):
+            def BODY(self, chunk: bytes) -> Any:
+                calls.append(chunk)
+                return SKIP_BODY
+
+        connection = SMTPTestConnection(Enough, chunkSize=10)
+        connection.command("EHLO client.example")
+        connection.command("MAIL FROM:<a@example.org>")
+        connection.command("RCPT TO:<b@example.org>")
+        reply = connection.sendMessage(b"Subject: x\r\n\r\n" + b"y" * 100 + b"\r\n")
+        self.assertEqual(reply.code, 250)
+        self.assertEqual(calls, [b"y" * 10])
+
+
 class ModificationTests(SynchronousTestCase):
     def changed(self, change: Any, **negotiation: Any) -> list[tuple[bytes, bytes]]:
         class Changer(ESMTPHandler):
@@ -742,6 +795,28 @@ class ModificationTests(SynchronousTestCase):
             actions=wire.SMFIF_ADDHDRS,
         )
         self.assertEqual(packets, [(wire.TEMPFAIL, b"")])
+
+    def test_failingBody(self) -> None:
+        """
+        A replacement body whose source fails half way tempfails the
+        message; the failure is logged.
+        """
+
+        def chunks() -> Any:
+            yield b"x" * 70000
+            raise OSError("disk gone")
+
+        class Changer(ESMTPHandler):
+            def EOM(self) -> Any:
+                self.session.transaction.modifications.replaceBody(chunks())
+
+        mta = FakeMTA(Changer)
+        mta.start()
+        _message(mta)
+        packets = mta.command(wire.BODYEOB)
+        self.assertEqual(packets[-1], (wire.TEMPFAIL, b""))
+        self.assertNotIn((wire.ACCEPT, b""), packets)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_noLeadingSpace(self) -> None:
         """

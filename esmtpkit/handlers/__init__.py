@@ -3,7 +3,8 @@ Ready-made handlers, each selectable with C{twistd esmtpkit --handler
 esmtpkit.handlers.NAME} (see docs/handlers.md, "Built-in handlers").
 
   - L{Sink}: accepts every message and keeps nothing (benchmarks, tests).
-  - L{Maildir}: delivers every message into a Maildir (the default of
+  - L{Maildir}: delivers every message into a Maildir as a local delivery
+    agent does, applying the handler's modifications (the default of
     C{twistd esmtpkit}).
   - L{Chain}: runs several handlers in order for each hook.
   - L{Debug}: prints what the client sends, as it streams.

@@ -29,21 +29,24 @@ The rules (docs/handlers.md, "Chain"):
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.python.failure import Failure
+from twisted.python.usage import UsageError
 
 from ..core.results import PerRecipient
 from ..handler import NO_OPINION, ESMTPHandler, skippableFor
 from ..interfaces import IESMTPHandler
 from ..reply import HookResult, toReply
 from ..session import Params, Session
+from .options import HandlerOptions
+from .sequence import isAsync as _isAsync
+from .sequence import run as _run
 from .views import MemberSession
 
-__all__ = ["Chain", "CONSENT_HOOKS", "ANSWER_HOOKS"]
+__all__ = ["Chain", "ChainOptions", "CONSENT_HOOKS", "ANSWER_HOOKS"]
 
 CONSENT_HOOKS = frozenset(
     ("CONNECT", "HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "EOM")
@@ -72,10 +75,6 @@ def _plan(classes: tuple[type, ...]) -> dict[str, tuple[int, ...]]:
         if len(_plans) < 256:
             _plans[classes] = plan
     return plan
-
-
-def _isAsync(value: object) -> bool:
-    return isinstance(value, Deferred) or inspect.iscoroutine(value)
 
 
 class _Verdict:
@@ -142,6 +141,22 @@ class _Verdict:
         return self.value
 
 
+class ChainOptions(HandlerOptions):
+    optParameters = [
+        [
+            "handlers",
+            None,
+            None,
+            "Comma-separated dotted names of the members, in order (the same "
+            "as --handler a.X,b.Y, which also takes their options).",
+        ]
+    ]
+
+    def postOptions(self) -> None:
+        if not self["handlers"]:
+            raise UsageError("handlers=a.X,b.Y is required (or --handler a.X,b.Y)")
+
+
 class Chain(ESMTPHandler):
     """
     Runs several handlers in order for each hook (see the module's
@@ -161,6 +176,8 @@ class Chain(ESMTPHandler):
 
     @ivar handlers: the members, in order.
     """
+
+    Options = ChainOptions
 
     def __init__(self, handlers: Sequence[Any]) -> None:
         """
@@ -195,6 +212,19 @@ class Chain(ESMTPHandler):
         """
         factories = tuple(factories)
         return lambda: Chain([make() for make in factories])
+
+    @classmethod
+    def fromHandlerOptions(cls, options: ChainOptions) -> Callable[[], Any]:
+        """
+        C{--handler esmtpkit.handlers.Chain --handler-option handlers=...}.
+        """
+        from .options import handlerFactory, splitHandlerNames
+
+        names = options["handlers"]
+        factory = handlerFactory(names, (), options.serverOptions)
+        if len(splitHandlerNames(names)) == 1:
+            return cls.factory([factory])
+        return factory
 
     def skippableHooks(self) -> frozenset[str]:
         """
@@ -390,73 +420,3 @@ def _never(value: Any) -> bool:
 
 def _nothing() -> None:
     return None
-
-
-def _run(
-    calls: Iterator[Callable[..., Any]],
-    args: tuple[Any, ...],
-    take: Callable[[Any], bool],
-    finish: Callable[[], Any],
-) -> Any:
-    """
-    Call each of C{calls} with C{args} in order, giving each answer to
-    C{take} until it says the matter is decided; then return C{finish()}.
-    Synchronous answers are dealt with at once (no Deferred is made); at the
-    first Deferred or coroutine, the rest goes on when it fires, and a
-    Deferred is returned (cancelling it cancels the member's).
-    """
-    for call in calls:
-        value = call(*args)
-        if _isAsync(value):
-            return _Pending(ensureDeferred(value), calls, args, take, finish).result
-        if take(value):
-            break
-    return finish()
-
-
-class _Pending:
-    """
-    The rest of a L{_run} after a member's answer became a Deferred.
-    """
-
-    def __init__(
-        self,
-        first: Deferred[Any],
-        calls: Iterator[Callable[..., Any]],
-        args: tuple[Any, ...],
-        take: Callable[[Any], bool],
-        finish: Callable[[], Any],
-    ) -> None:
-        self.result: Deferred[Any] = Deferred(self._cancel)
-        self._current = first
-        self._calls = calls
-        self._args = args
-        self._take = take
-        self._finish = finish
-        first.addCallbacks(self._answered, self._failed)
-
-    def _cancel(self, result: Deferred[Any]) -> None:
-        self._current.cancel()
-
-    def _failed(self, failure: Failure) -> None:
-        if not self.result.called:
-            self.result.errback(failure)
-
-    def _answered(self, value: Any) -> None:
-        if self.result.called:
-            return  # cancelled meanwhile
-        try:
-            if not self._take(value):
-                for call in self._calls:
-                    value = call(*self._args)
-                    if _isAsync(value):
-                        self._current = ensureDeferred(value)
-                        self._current.addCallbacks(self._answered, self._failed)
-                        return
-                    if self._take(value):
-                        break
-            outcome = self._finish()
-        except Exception:
-            self.result.errback(Failure())
-            return
-        self.result.callback(outcome)

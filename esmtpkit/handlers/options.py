@@ -284,9 +284,14 @@ def _assign(
 
 def _optionsClass(handler: Any) -> type[HandlerOptions] | None:
     options = getattr(handler, "Options", None)
-    if inspect.isclass(options) and issubclass(options, usage.Options):
-        return options  # type: ignore[return-value]
-    return None
+    if options is None:
+        return None
+    if not (inspect.isclass(options) and issubclass(options, HandlerOptions)):
+        raise StartupError(
+            f"{getattr(handler, '__name__', handler)}.Options is not a subclass "
+            "of esmtpkit.handlers.HandlerOptions"
+        )
+    return options
 
 
 def _factoryFor(
@@ -321,7 +326,9 @@ def _factoryFor(
         _checkSignature(handler, keywords)
         return lambda: handler(**keywords)
     except (usage.UsageError, ValueError, TypeError, OSError) as e:
-        text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        text = str(e)
+        if isinstance(e, OSError) and e.strerror:
+            text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
         raise StartupError(f"--handler {name}: {_oneLine(text)}") from None
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "parseConnect",
     "parseArguments",
     "formatParams",
+    "daemonAddress",
     "xtextEncode",
 ]
 
@@ -175,6 +176,25 @@ def parseConnect(data: bytes) -> tuple[str | None, IAddress | None]:
             address = address[5:]
         return host, IPv6Address("TCP", address, port)
     return host, IPv4Address("TCP", address, port)
+
+
+def daemonAddress(macros: Mapping[str, str]) -> IAddress | None:
+    """
+    The MTA's own address on its client's connection, from the macros
+    C{{daemon_addr}} and C{{daemon_port}}, if it sent them.
+    """
+    address = macros.get("{daemon_addr}")
+    if not address:
+        return None
+    try:
+        port = int(macros.get("{daemon_port}") or 0)
+    except ValueError:
+        port = 0
+    if address.lower().startswith("ipv6:"):
+        address = address[5:]
+    if ":" in address:
+        return IPv6Address("TCP", address, port)
+    return IPv4Address("TCP", address, port)
 
 
 def parseArguments(data: bytes) -> tuple[str, Params]:

@@ -162,6 +162,13 @@ class MessageSteps:
                 )
                 self._write(_TEMPFAIL)
                 return
+            except Exception:
+                log.failure(
+                    "session {session}: the message's changes could not be sent",
+                    session=self.session.id,
+                )
+                self._write(_TEMPFAIL)
+                return
             if first is not None:
                 self._sendModifications(first, packets, reply)
                 return
@@ -178,7 +185,16 @@ class MessageSteps:
         what the MTA has not read yet.)
         """
         transport = self.transport
-        transport.write(first)
-        for packet in rest:
-            transport.write(packet)
+        try:
+            transport.write(first)
+            for packet in rest:
+                transport.write(packet)
+        except Exception:
+            # A body source that fails half way: nothing is accepted.
+            log.failure(
+                "session {session}: the message's changes could not be sent",
+                session=self.session.id,
+            )
+            self._write(_TEMPFAIL)
+            return
         self._answer(reply, end=True)
