@@ -134,11 +134,14 @@ def milterLog(log: Path) -> list[dict[str, Any]]:
 
 
 def esmtpkitWithMilters(
-    cwd: Path, milters: Sequence[str], *options: str
+    cwd: Path,
+    milters: Sequence[str],
+    *options: str,
+    handler: str = "tests.milterrecorder.Recorder",
 ) -> tuple[TwistdServer, int]:
     """
-    C{twistd esmtpkit} (not yet started) with the test Recorder handler
-    behind C{milters}, on a free loopback port.
+    C{twistd esmtpkit} (not yet started) with C{handler} (the test
+    Recorder) behind C{milters}, on a free loopback port.
     """
     port = freePort()
     env = dict(os.environ)
@@ -154,7 +157,7 @@ def esmtpkitWithMilters(
         "--hostname",
         "mx.test.example",
         "--handler",
-        "tests.milterrecorder.Recorder",
+        handler,
     ]
     for milter in milters:
         args += ["--milter", milter]

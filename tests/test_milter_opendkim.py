@@ -11,11 +11,12 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import dkim
 import pytest
 
-from .helpers import LOOPBACK, freePort
+from .helpers import LOOPBACK, freePort, maildirFiles
 from .milterprocs import MilterProcess, esmtpkitWithMilters, queuedId, records, transact
 
 OPENDKIM = shutil.which("opendkim", path="/usr/sbin:/usr/bin") or "/usr/sbin/opendkim"
@@ -66,8 +67,11 @@ def applyHeaders(message: bytes, changes: list[list[object]]) -> bytes:
     return b"\r\n".join(fields) + b"\r\n\r\n" + body
 
 
-@pytest.mark.parametrize("canonicalization", ["simple/simple", "relaxed/relaxed"])
-def test_opendkimSignatureVerifies(tmp_path: Path, canonicalization: str) -> None:
+def opendkim(tmp_path: Path, canonicalization: str) -> tuple[MilterProcess, str]:
+    """
+    OpenDKIM (not yet started) signing for example.org with a new key, and
+    the public key's TXT record.
+    """
     subprocess.run(
         [GENKEY, "-D", str(tmp_path), "-d", "example.org", "-s", "test"],
         check=True,
@@ -90,15 +94,34 @@ def test_opendkimSignatureVerifies(tmp_path: Path, canonicalization: str) -> Non
         "RequireSafeKeys no\n"
         f"PidFile {tmp_path / 'opendkim.pid'}\n"
     )
-    opendkim = MilterProcess([OPENDKIM, "-f", "-x", str(config)], tmp_path, port)
-    with opendkim:
-        server, smtpPort = esmtpkitWithMilters(tmp_path, [f"inet:{LOOPBACK}:{port}"])
+    return MilterProcess([OPENDKIM, "-f", "-x", str(config)], tmp_path, port), record
+
+
+def publicKey(record: str) -> Any:
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"test._domainkey.example.org."
+        return record.encode()
+
+    return dnsfunc
+
+
+@pytest.mark.parametrize("canonicalization", ["simple/simple", "relaxed/relaxed"])
+def test_opendkimSignatureVerifies(tmp_path: Path, canonicalization: str) -> None:
+    """
+    The change OpenDKIM asks for is recorded, and applied to the message
+    received it makes a signature that verifies.
+    """
+    milter, record = opendkim(tmp_path, canonicalization)
+    with milter:
+        server, smtpPort = esmtpkitWithMilters(
+            tmp_path, [f"inet:{LOOPBACK}:{milter.port}"]
+        )
         with server:
             result = transact(
                 smtpPort, "alice@example.org", ["bob@example.net"], MESSAGE
             )
     code, text = result["data"]
-    assert code == 250, (result, opendkim.outputPath.read_text())
+    assert code == 250, (result, milter.outputPath.read_text())
     taken = records(tmp_path)[queuedId(text)]
     assert bytes.fromhex(taken["message"]) == MESSAGE
     changes = taken["headers"]
@@ -109,10 +132,37 @@ def test_opendkimSignatureVerifies(tmp_path: Path, canonicalization: str) -> Non
     assert "subject" in signedFields.group(1).lower()
     signed = applyHeaders(MESSAGE, changes)
 
-    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
-        assert name == b"test._domainkey.example.org."
-        return record.encode()
-
+    dnsfunc = publicKey(record)
     assert dkim.verify(signed, dnsfunc=dnsfunc)
     # And the signature covers the content: a changed body fails.
     assert not dkim.verify(signed.replace(b"is signed", b"is forged"), dnsfunc=dnsfunc)
+
+
+@pytest.mark.parametrize("canonicalization", ["simple/simple", "relaxed/relaxed"])
+def test_signedIntoMaildir(tmp_path: Path, canonicalization: str) -> None:
+    """
+    With the built-in Maildir behind OpenDKIM, the message stored verifies
+    as it is on disk (the delivery headers above it are not signed).
+    """
+    milter, record = opendkim(tmp_path, canonicalization)
+    maildir = tmp_path / "Maildir"
+    with milter:
+        server, smtpPort = esmtpkitWithMilters(
+            tmp_path,
+            [f"inet:{LOOPBACK}:{milter.port}"],
+            "--maildir",
+            str(maildir),
+            handler="esmtpkit.handlers.Maildir",
+        )
+        with server:
+            result = transact(
+                smtpPort, "alice@example.org", ["bob@example.net"], MESSAGE
+            )
+    assert result["data"][0] == 250, result
+    (stored,) = maildirFiles(maildir, "new")
+    data = stored.read_bytes()
+    assert b"\r\nDKIM-Signature: v=1;" in data or data.startswith(b"DKIM-Signature:")
+    assert data.endswith(MESSAGE.partition(b"\r\n\r\n")[2])
+    dnsfunc = publicKey(record)
+    assert dkim.verify(data, dnsfunc=dnsfunc)
+    assert not dkim.verify(data.replace(b"is signed", b"is forged"), dnsfunc=dnsfunc)
