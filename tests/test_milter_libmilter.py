@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import LOOPBACK, freePort
+from .helpers import LOOPBACK, freePort, maildirFiles
 from .milterprocs import (
     esmtpkitWithMilters,
     milterLog,
@@ -44,9 +44,12 @@ class Stack:
     The test milter and esmtpkit in front of it.
     """
 
-    def __init__(self, cwd: Path, port: int, log: Path, server: Any) -> None:
+    def __init__(
+        self, cwd: Path, port: int, log: Path, server: Any, milterPort: int
+    ) -> None:
         self.cwd = cwd
         self.port = port
+        self.milterPort = milterPort
         self.log = log
         self.server = server
 
@@ -75,7 +78,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with milter:
         server, port = esmtpkitWithMilters(cwd, [f"inet:{LOOPBACK}:{milter.port}"])
         with server:
-            yield Stack(cwd, port, log, server)
+            yield Stack(cwd, port, log, server, int(milter.port))
 
 
 def test_continueAndMacros(stack: Stack) -> None:
@@ -375,3 +378,57 @@ def test_twoMiltersInOrder(tmp_path: Path) -> None:
                 assert [r["mode"] for r in milterLog(inetLog)][-1] == "eomreject"
     finally:
         shutil.rmtree(socketDir, ignore_errors=True)
+
+
+def test_modificationsIntoMaildir(stack: Stack, tmp_path: Path) -> None:
+    """
+    With the built-in Maildir behind the milter, every change lands: the
+    message is held in the quarantine folder with the milter's reason, once
+    per recipient after the milter's deletion and additions, from the new
+    sender, with the headers changed and the body replaced.
+    """
+    maildir = tmp_path / "Maildir"
+    server, port = esmtpkitWithMilters(
+        tmp_path,
+        [f"inet:{LOOPBACK}:{stack.milterPort}"],
+        "--maildir",
+        str(maildir),
+        handler="esmtpkit.handlers.Maildir",
+    )
+    with server:
+        result = transact(
+            port,
+            "mods@example.org",
+            ["deleted@example.org", "kept@example.org"],
+            MESSAGE,
+        )
+    assert result["data"][0] == 250, result
+    assert not (maildir / "new").exists() or maildirFiles(maildir, "new") == []
+    stored = [p.read_bytes() for p in maildirFiles(maildir / ".Quarantine", "new")]
+    delivered = sorted(
+        line.split(b": ", 1)[1]
+        for data in stored
+        for line in data.split(b"\r\n")
+        if line.startswith(b"Delivered-To: ")
+    )
+    assert delivered == [
+        b"added-par@example.net",
+        b"added@example.net",
+        b"kept@example.org",
+    ]
+    for data in stored:
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"X-Esmtpkit-Quarantine: held by the test milter"
+        assert b"Return-Path: <new-sender@example.net>" in lines
+        received = next(
+            i for i, line in enumerate(lines) if line.startswith(b"Received:")
+        )
+        message = [f for f in lines[received + 1 :] if not f[:1].isspace()]
+        assert message == [
+            b"X-Inserted: at the top",
+            b"Subject: changed subject",
+            b"X-Folded: one",
+            b"X-Added: added value",
+        ]
+        assert body == b"replaced body\r\n"

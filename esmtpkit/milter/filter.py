@@ -397,10 +397,12 @@ class MilterFilter(ESMTPHandler):
         changes = Modifications()
         leading = bool(client.protocol & wire.SMFIP_HDR_LEADSPC)
         try:
+            # First on a record of its own: a change that does not parse
+            # leaves the transaction's record untouched.
             recordEdits(answer.edits, changes, leading)
         except wire.MilterProtocolError as e:
             return self._failed(e)
-        _merge(changes, transaction.modifications)
+        recordEdits(answer.edits, transaction.modifications, leading)
         return None
 
     def _discarded(self) -> Reply | None:
@@ -419,15 +421,3 @@ class MilterFilter(ESMTPHandler):
 
     def ABORT(self) -> None:
         self._endMessage()
-
-
-def _merge(source: Modifications, target: Modifications) -> None:
-    target.headers.extend(source.headers)
-    if source.body is not None:
-        target.body = source.body
-    if source.sender is not None:
-        target.sender = source.sender
-    target.added.extend(source.added)
-    target.deleted.extend(source.deleted)
-    if source.quarantine is not None:
-        target.quarantine = source.quarantine
