@@ -6,6 +6,8 @@ esmtpkit.handlers.NAME} (see docs/handlers.md, "Built-in handlers").
   - L{Maildir}: delivers every message into a Maildir as a local delivery
     agent does, applying the handler's modifications (the default of
     C{twistd esmtpkit}).
+  - L{Relay}: forwards every transaction to an upstream SMTP or LMTP
+    server, command by command (an SMTP proxy).
   - L{Chain}: runs several handlers in order for each hook.
   - L{Debug}: prints what the client sends, as it streams.
   - L{Message}: hands each message to C{handle_message} as an
@@ -27,6 +29,7 @@ __all__ = [
     "HandlerOptions",
     "Maildir",
     "Message",
+    "Relay",
     "Sink",
     "Webhook",
 ]
@@ -37,6 +40,7 @@ _LAZY = {
     "Chain": ".chain",
     "Debug": ".debug",
     "Message": ".message",
+    "Relay": ".relay",
     "Webhook": ".webhook",
 }
 

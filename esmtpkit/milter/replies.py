@@ -89,7 +89,8 @@ def modificationPackets(
     """
     The SMFIR_* requests for C{changes}, in the order the MTA applies them:
     header changes in the order asked, then the sender, the recipients
-    added and deleted, the body (its chunks in a row: Postfix cannot mix
+    added and deleted (in the order asked: a deletion after an addition of
+    the same address removes it again, as stand-alone), the body (its chunks in a row: Postfix cannot mix
     other requests into a body replacement) and the quarantine.
 
     @param actions: the actions negotiated (SMFIF_*).
@@ -115,14 +116,14 @@ def modificationPackets(
         if params:
             parts.append(formatParams(params))
         yield wire.packet(wire.CHGFROM, wire.strings(*parts))
-    for address, params in changes.added:
-        if params:
+    for kind, address, params in changes.recipientChanges:
+        if kind == "delete":
+            yield wire.packet(wire.DELRCPT, wire.strings(_address(address)))
+        elif params:
             data = wire.strings(_address(address), formatParams(params))
             yield wire.packet(wire.ADDRCPT_PAR, data)
         else:
             yield wire.packet(wire.ADDRCPT, wire.strings(_address(address)))
-    for address in changes.deleted:
-        yield wire.packet(wire.DELRCPT, wire.strings(_address(address)))
     if changes.body is not None:
         empty = True
         for chunk in bodyChunks(changes.body):
