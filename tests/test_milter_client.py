@@ -200,6 +200,33 @@ class TestCommands:
         assert answer.action == wire.ACCEPT
         assert [c for c, _ in answer.edits] == [wire.ADDHEADER, wire.DELRCPT]
 
+    def test_replacementBodySpooled(self) -> None:
+        """
+        A replacement body longer than the in-memory limit goes to a spool
+        file, recorded as the body source in order, whatever the number
+        of REPLBODY packets.
+        """
+        from esmtpkit.core.modifications import Modifications
+        from esmtpkit.milter.answers import recordEdits
+
+        client, _, _ = negotiated()
+        deferred = client.endOfMessage()
+        chunk = b"x" * 65000 + b"\r\n"
+        packetsIn = [wire.packet(wire.REPLBODY, chunk) for _ in range(20)]
+        client.dataReceived(
+            wire.packet(wire.ADDHEADER, wire.strings("X-A", "1"))
+            + b"".join(packetsIn)
+            + wire.packet(wire.CONTINUE)
+        )
+        answer = result(deferred)
+        assert [c for c, _ in answer.edits] == [wire.ADDHEADER, wire.REPLBODY]
+        changes = Modifications()
+        recordEdits(answer.edits, changes)
+        body = changes.body
+        assert hasattr(body, "read") and not isinstance(body, bytes)
+        assert body._rolled  # type: ignore[union-attr]  # on disk, not in memory
+        assert body.read() == chunk * 20  # type: ignore[union-attr]
+
 
 class TestFailures:
     def test_commandTimeout(self) -> None:
@@ -614,6 +641,27 @@ class TestConfiguration:
         assert first.connector.contentTimeout == 300.0
         assert first.fate is second.fate is gate.fate
         assert isinstance(gate, DiscardGate)
+        # The default hook timeout grows past the milters' longest one.
+        assert options["settings"].hookTimeout == 330.0
+
+    def test_hookTimeoutWithMilters(self) -> None:
+        from twisted.python import usage
+
+        from esmtpkit.server.tap import Options
+
+        base = ["--handler", "esmtpkit.handlers.Sink", "--milter", "inet:127.0.0.1:1"]
+        options = Options()
+        options.parseOptions([*base, "--milter-content-timeout", "20"])
+        assert options["settings"].hookTimeout == 60.0  # long enough already
+        options = Options()
+        options.parseOptions([*base, "--hook-timeout", "0"])
+        assert options["settings"].hookTimeout == 0.0  # no limit stays
+        options = Options()
+        options.parseOptions([*base, "--hook-timeout", "400"])
+        assert options["settings"].hookTimeout == 400.0
+        with pytest.raises(usage.UsageError) as raised:
+            Options().parseOptions([*base, "--hook-timeout", "120"])
+        assert "--milter-content-timeout" in str(raised.value)
 
     @pytest.mark.parametrize(
         "arguments",

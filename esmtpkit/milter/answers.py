@@ -141,6 +141,9 @@ def recordEdits(
     try:
         for command, data in edits:
             if command == wire.REPLBODY:
+                if not isinstance(data, bytes):
+                    changes.replaceBody(data)  # the client's spool file
+                    continue
                 if body is None:
                     body = []
                     changes.replaceBody(body)

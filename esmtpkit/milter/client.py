@@ -21,8 +21,9 @@ esmtpkit runs one at a time.
 from __future__ import annotations
 
 import socket
+import tempfile
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import IO, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -110,6 +111,8 @@ DEFAULT_MACROS: dict[int, tuple[str, ...]] = {
 }
 
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 0)
+# A milter's replacement body is kept in memory up to this size, then on disk.
+_IN_MEMORY = 1024 * 1024
 _ACTION_OF = {
     wire.ADDHEADER: wire.SMFIF_ADDHDRS,
     wire.INSHEADER: wire.SMFIF_ADDHDRS,
@@ -225,6 +228,7 @@ class MilterClient(Protocol):
         self._timer: IDelayedCall | None = None
         self._timeout = 0.0
         self._edits: list[tuple[bytes, bytes]] = []
+        self._body: IO[bytes] | None = None
         self._flow = _WriteFlow()
         self._closing = False
         self._socket: socket.socket | None = None
@@ -348,11 +352,22 @@ class MilterClient(Protocol):
             if not self.actions & _ACTION_OF[command]:
                 self._breakProtocol(f"modification {command!r} not negotiated")
                 return
+            if command == wire.REPLBODY:
+                # A replacement body can be as long as the message: it goes
+                # to a spool file (in memory while small), not a list.
+                if self._body is None:
+                    self._body = tempfile.SpooledTemporaryFile(max_size=_IN_MEMORY)
+                    self._edits.append((command, self._body))  # type: ignore[arg-type]
+                self._body.write(data)
+                return
             self._edits.append((command, data))
             return
         if command not in wire.FINAL_REPLIES:
             self._breakProtocol(f"unknown reply {command!r}")
             return
+        if self._body is not None:
+            self._body.seek(0)
+            self._body = None
         try:
             reply = decodeReply(command, data, self._edits)
         except wire.MilterProtocolError as e:
@@ -417,6 +432,9 @@ class MilterClient(Protocol):
         self._stopTimer()
         pending, self._pending = self._pending, None
         self._edits = []
+        if self._body is not None:
+            self._body.close()
+            self._body = None
         if pending is not None:
             pending[1].errback(failure)
 

@@ -4,6 +4,7 @@ C{twistd esmtpkit}: command-line options and the service they describe.
 
 from __future__ import annotations
 
+import dataclasses
 import getopt
 import signal
 import sys
@@ -27,9 +28,13 @@ from .workers import WorkerSupervisor, cores, listeningDescription
 __all__ = ["Options", "makeService"]
 
 DEFAULT_HANDLER = "esmtpkit.handlers.Maildir"
+# With --milter and the default --hook-timeout, a hook may take this much
+# longer than the longest milter timeout (the handler's own part).
+_MILTER_MARGIN = 30.0
 
 
 class Options(usage.Options, strcred.AuthOptionMixin):
+    _HOOK_TIMEOUT_DEFAULT = next(o[3] for o in SETTINGS if o[0] == "hook-timeout")
     """
     Options of C{twistd esmtpkit}.
     """
@@ -384,7 +389,23 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 )
             except ValueError as e:
                 raise usage.UsageError(f"--milter {description}: {e}") from None
+        self._hookTimeoutForMilters(max(timeouts[1:]))
         return withMilters(connectors, handlerFactory)
+
+    def _hookTimeoutForMilters(self, longest: float) -> None:
+        # A hook asks the milters before the handler: it must be allowed
+        # longer than a milter may take, or the milter timeouts never apply.
+        settings = self["settings"]
+        if not settings.hookTimeout or settings.hookTimeout > longest:
+            return
+        if self["hook-timeout"] != self._HOOK_TIMEOUT_DEFAULT:
+            raise usage.UsageError(
+                f"--hook-timeout {self['hook-timeout']} is not longer than the "
+                f"milter timeouts ({longest:g} s): raise it, or lower "
+                "--milter-content-timeout/--milter-command-timeout"
+            )
+        hookTimeout = longest + _MILTER_MARGIN
+        self["settings"] = dataclasses.replace(settings, hookTimeout=hookTimeout)
 
     def _checkPorts(self) -> None:
         from twisted.internet import reactor
