@@ -176,9 +176,12 @@ def _deliverThree(postfix: PrivatePostfix, maildir: Path) -> None:
     assert "No such mailbox here" in bounced.text
     deferred = postfix.deliveryStatus(DEFERRED, submitted.queueId, final=False)
     assert (deferred.status, deferred.dsn) == ("deferred", "4.2.0"), deferred
+    # Only the deferred recipient is left of the message (the bounce for the
+    # refused one is a message of its own, maybe still in the queue).
     waiting = [
         recipient["address"]
         for message in postfix.mailq()
+        if message["queue_id"] == submitted.queueId
         for recipient in message["recipients"]
     ]
     assert waiting == [DEFERRED]
