@@ -412,16 +412,8 @@ class SMTPConnection(PushbackLineReceiver):
                 return
             if self.idleSince is not None:
                 self.idleSince = self.server.clock.seconds()
-        writer = self.writer
-        if not writer.hold():
-            # Re-entered: the outer call releases.
-            super().dataReceived(data)
-            return
         # Replies made while this input is handled go out together.
-        try:
-            super().dataReceived(data)
-        finally:
-            writer.release()
+        self.writer.handle(PushbackLineReceiver.dataReceived, self, data)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         reader = self._reader
@@ -523,7 +515,10 @@ class SMTPConnection(PushbackLineReceiver):
             # Closed for a reason already said (QUIT, 421, 554): nothing a
             # hook answers later may follow it.
             return
-        self.writer.write(reply.toBytes(enhanced and self.settings.enhancedStatusCodes))
+        enhanced = enhanced and self.settings.enhancedStatusCodes
+        # Reply.toBytes, its cache read inline (every reply comes here).
+        wire = reply._wire[1 if enhanced else 0]
+        self.writer.write(wire if wire is not None else reply.toBytes(enhanced))
         events = self.server.events
         if events.commandReplied:
             for notify in events.commandReplied:
