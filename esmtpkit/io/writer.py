@@ -74,27 +74,6 @@ class _Gone:
 
     __slots__ = ()
 
-    def handle(
-        self, receive: Callable[[Any, bytes], None], owner: Any, data: bytes
-    ) -> None:
-        """
-        Call C{receive(owner, data)} with the writer held: a L{hold}, the
-        call, and (if the hold returned L{True}) a L{release}, in one call.
-        """
-        if self._outgoing is not None:
-            receive(owner, data)  # an outer hold, or the batch, writes these
-            return
-        self._outgoing = []
-        try:
-            receive(owner, data)
-        finally:
-            # release(), inline (this runs for every read).
-            batch = self._batch
-            if batch is not None and self._outgoing:
-                batch.add(self, self._transport.reactor)  # type: ignore[attr-defined]
-            else:
-                self.flush()
-
     def write(self, data: bytes) -> None:
         pass
 
