@@ -1,5 +1,5 @@
 """
-Tests for L{esmtpkit.writer.ReplyWriter}: reply bytes collected while a read
+Tests for L{esmtpkit.io.writer.ReplyWriter}: reply bytes collected while a read
 is handled, written at the end of the reactor turn straight to the socket,
 and to the transport once the socket does not take everything.
 """
