@@ -18,6 +18,9 @@ The shortcuts, and what they are compared with here:
     (L{HookRunner.run}), against results that go through the result
     machinery (L{None}, a L{Reply} without its enhanced code, a Deferred, a
     coroutine) and steps queued behind pending hooks;
+  - a greeting, RSET or QUIT with no transaction open asked at once by an
+    idle queue (L{Conversation.hello}, L{Conversation.reset}), against the
+    ABORT step and the hook queued (L{test_helloAndReset});
   - replies written straight to the socket (L{ReplyWriter}'s direct path)
     against replies written to the transport, with a socket that takes
     everything, takes part, or fails (L{ReplyWriter.handle}, the writer
@@ -1120,6 +1123,107 @@ def test_hookRunner(
     fast = runProgram(HookRunner, ops, timings, ["reply"] * len(forms))
     general = runProgram(QueueingRunner, ops, timings, forms)
     assert fast == general
+
+
+# -- the property: greetings and resets asked at once ---------------------------
+
+
+class QueueingConversation(Conversation):
+    """
+    A conversation whose L{Conversation.hello} and L{Conversation.reset}
+    always take the general path: the ABORT step, then the hook, queued.
+    """
+
+    __slots__ = ()
+
+    def hello(self, hook: str, domain: str, extended: bool, then: Any) -> None:
+        session, hooks = self.session, self.hooks
+
+        def greeted(reply: Reply) -> None:
+            if reply.code // 100 == 2:
+                session.heloName = domain
+                session.esmtp = extended
+            then(reply)
+
+        hooks.now(self.abortStep, lambda: hooks.callReply(hook, (domain,), greeted))
+
+    def reset(self, hook: str, then: Any) -> None:
+        hooks = self.hooks
+        hooks.now(self.abortStep, lambda: hooks.callReply(hook, (), then))
+
+
+class _Calls(ESMTPHandler):
+    """
+    A handler that records every hook it is asked, with the transaction
+    open at the time, and answers as L{ESMTPHandler} does.
+    """
+
+    calls: list[Any]
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if name.isupper() and callable(value):
+            calls = super().__getattribute__("calls")
+            session = super().__getattribute__("session")
+
+            def recorded(*args: Any) -> Any:
+                transaction = session.transaction
+                calls.append((name, args, transaction and transaction.sender))
+                return value(*args)
+
+            return recorded
+        return value
+
+
+sessionCommands = st.lists(
+    st.sampled_from(
+        [
+            "EHLO client.example",
+            "HELO client.example",
+            "RSET",
+            "NOOP",
+            "MAIL FROM:<a@example.org>",
+            "MAIL FROM:<b@example.org>",
+            "RCPT TO:<c@example.org>",
+            "RSET extra",
+            "EHLO",
+        ]
+    ),
+    max_size=12,
+)
+
+
+@BOUNDED
+@given(commands=sessionCommands, quit=st.booleans())
+def test_helloAndReset(commands: list[str], quit: bool) -> None:
+    """
+    A greeting (HELO, EHLO) or RSET/QUIT with no transaction open, on an
+    idle queue, is asked at once (L{Conversation.hello},
+    L{Conversation.reset}); it does what the general path does, the ABORT
+    step and then the hook queued: the same hook calls with the same
+    transaction open, the same replies, the same session state.
+    """
+    results = []
+    for fast in (True, False):
+        handlers: list[_Calls] = []
+
+        def build(handlers: list[_Calls] = handlers) -> _Calls:
+            handler = _Calls()
+            handler.calls = []
+            handlers.append(handler)
+            return handler
+
+        # No error budget: its delays would hold replies back.
+        conn = SMTPTestConnection(build, softErrorLimit=0, hardErrorLimit=0)
+        if not fast:
+            conn.protocol.conversation.__class__ = QueueingConversation
+        replies = [conn.command(command).toBytes() for command in commands]
+        if quit:
+            replies.append(conn.command("QUIT").toBytes())
+        conn.protocol.connectionLost()
+        session = conn.protocol.session
+        results.append((replies, handlers[0].calls, session.heloName, session.esmtp))
+    assert results[0] == results[1]
 
 
 # -- the property: body bytes counted inline ------------------------------------
