@@ -108,13 +108,15 @@ class ESMTPHandler:
         Accept the sender; refuse parameters esmtpkit does not know (a
         handler that understands more overrides this).
         """
-        return _unknownParameter(params) or _senderOk(sender)
+        refusal = _unknownParameter(params) if params else None
+        return refusal or _senderOk(sender)
 
     def RCPT(self, recipient: str, params: Params) -> HookResult:
         """
         Accept the recipient; refuse parameters esmtpkit does not know.
         """
-        return _unknownParameter(params) or _recipientOk(recipient)
+        refusal = _unknownParameter(params) if params else None
+        return refusal or _recipientOk(recipient)
 
     def DATA(self) -> HookResult:
         return _GO_AHEAD

@@ -6,19 +6,26 @@ The shortcuts, and what they are compared with here:
   - a plain header section read whole (L{DataReader._headerData} and
     L{Content.headerSection}), for a handler without a HEADER hook, against
     the same section parsed line by line for a handler with one;
-  - EOH run at once (L{Content.endHeaders}) for a handler without an EOH
-    hook, against EOH queued and called;
+  - EOH run at once (L{Content.endHeaders}, and inline in
+    L{Content.headerSection} when the section is all there is) for a
+    handler without an EOH hook, against EOH queued and called;
   - body bytes counted at once (L{Content.body}, after DATA and in BDAT
     chunks) for a handler without a BODY hook, against bytes queued for the
-    pump and handed to BODY;
+    pump and handed to BODY; and C{body}'s inline count against
+    L{Content.count} (L{test_bodyCount});
   - a finished L{Reply} with an enhanced code taken as it is
     (L{HookRunner.callReply}), and a step run at once by an idle runner
     (L{HookRunner.run}), against results that go through the result
     machinery (L{None}, a L{Reply} without its enhanced code, a Deferred, a
     coroutine) and steps queued behind pending hooks;
+  - a greeting, RSET or QUIT with no transaction open asked at once by an
+    idle queue (L{Conversation.hello}, L{Conversation.reset}), against the
+    ABORT step and the hook queued (L{test_helloAndReset});
   - replies written straight to the socket (L{ReplyWriter}'s direct path)
     against replies written to the transport, with a socket that takes
-    everything, takes part, or fails.
+    everything, takes part, or fails (L{ReplyWriter.handle}, the writer
+    held for a read in one call, against C{hold} and C{release}: in
+    C{tests/test_writer.py}).
 
 Hypothesis draws whole sessions (several transactions over DATA, BDAT or
 both; messages with folded and odd header fields, lines that are not
@@ -47,8 +54,12 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from esmtpkit import ESMTPHandler, PerRecipient, Reply
+from esmtpkit.core.content import Content
+from esmtpkit.core.conversation import Conversation
 from esmtpkit.core.events import ServerEvents
 from esmtpkit.core.hooks import HookRunner, defaultEnhanced
+from esmtpkit.session import Params, Recipient
+from esmtpkit.session import Session as ServerSession
 from esmtpkit.settings import Settings
 from esmtpkit.testing import LMTPTestConnection, SMTPTestConnection, dotStuff
 
@@ -1112,6 +1123,182 @@ def test_hookRunner(
     fast = runProgram(HookRunner, ops, timings, ["reply"] * len(forms))
     general = runProgram(QueueingRunner, ops, timings, forms)
     assert fast == general
+
+
+# -- the property: greetings and resets asked at once ---------------------------
+
+
+class QueueingConversation(Conversation):
+    """
+    A conversation whose L{Conversation.hello} and L{Conversation.reset}
+    always take the general path: the ABORT step, then the hook, queued.
+    """
+
+    __slots__ = ()
+
+    def hello(self, hook: str, domain: str, extended: bool, then: Any) -> None:
+        session, hooks = self.session, self.hooks
+
+        def greeted(reply: Reply) -> None:
+            if reply.code // 100 == 2:
+                session.heloName = domain
+                session.esmtp = extended
+            then(reply)
+
+        hooks.now(self.abortStep, lambda: hooks.callReply(hook, (domain,), greeted))
+
+    def reset(self, hook: str, then: Any) -> None:
+        hooks = self.hooks
+        hooks.now(self.abortStep, lambda: hooks.callReply(hook, (), then))
+
+
+class _Calls(ESMTPHandler):
+    """
+    A handler that records every hook it is asked, with the transaction
+    open at the time, and answers as L{ESMTPHandler} does.
+    """
+
+    calls: list[Any]
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if name.isupper() and callable(value):
+            calls = super().__getattribute__("calls")
+            session = super().__getattribute__("session")
+
+            def recorded(*args: Any) -> Any:
+                transaction = session.transaction
+                calls.append((name, args, transaction and transaction.sender))
+                return value(*args)
+
+            return recorded
+        return value
+
+
+sessionCommands = st.lists(
+    st.sampled_from(
+        [
+            "EHLO client.example",
+            "HELO client.example",
+            "RSET",
+            "NOOP",
+            "MAIL FROM:<a@example.org>",
+            "MAIL FROM:<b@example.org>",
+            "RCPT TO:<c@example.org>",
+            "RSET extra",
+            "EHLO",
+        ]
+    ),
+    max_size=12,
+)
+
+
+@BOUNDED
+@given(commands=sessionCommands, quit=st.booleans())
+def test_helloAndReset(commands: list[str], quit: bool) -> None:
+    """
+    A greeting (HELO, EHLO) or RSET/QUIT with no transaction open, on an
+    idle queue, is asked at once (L{Conversation.hello},
+    L{Conversation.reset}); it does what the general path does, the ABORT
+    step and then the hook queued: the same hook calls with the same
+    transaction open, the same replies, the same session state.
+    """
+    results = []
+    for fast in (True, False):
+        handlers: list[_Calls] = []
+
+        def build(handlers: list[_Calls] = handlers) -> _Calls:
+            handler = _Calls()
+            handler.calls = []
+            handlers.append(handler)
+            return handler
+
+        # No error budget: its delays would hold replies back.
+        conn = SMTPTestConnection(build, softErrorLimit=0, hardErrorLimit=0)
+        if not fast:
+            conn.protocol.conversation.__class__ = QueueingConversation
+        replies = [conn.command(command).toBytes() for command in commands]
+        if quit:
+            replies.append(conn.command("QUIT").toBytes())
+        conn.protocol.connectionLost()
+        session = conn.protocol.session
+        results.append((replies, handlers[0].calls, session.heloName, session.esmtp))
+    assert results[0] == results[1]
+
+
+# -- the property: body bytes counted inline ------------------------------------
+
+
+class _Flow:
+    """
+    A L{HookFlow} that only counts what it is told.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def hookPending(self) -> None:
+        self.calls.append("pending")
+
+    def hooksDone(self) -> None:
+        self.calls.append("done")
+
+
+class _Aborts(ESMTPHandler):
+    """
+    A handler without content hooks that records its ABORTs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborts = 0
+
+    def ABORT(self) -> None:
+        self.aborts += 1
+
+
+def _content(limit: int) -> tuple[Content, _Aborts]:
+    session = ServerSession(hostname="mx.example.test")
+    settings = Settings(hostname="mx.example.test", maxMessageSize=limit)
+    conversation = Conversation(session, settings, Clock(), ServerEvents())
+    handlers: list[_Aborts] = []
+
+    def build() -> _Aborts:
+        handlers.append(_Aborts())
+        return handlers[0]
+
+    assert conversation.start(build, _Flow())
+    session.transaction = session.newTransaction("a@example.org", Params())
+    session.transaction.recipients.append(Recipient("b@example.org", Params()))
+    return Content(conversation), handlers[0]
+
+
+@BOUNDED
+@given(
+    limit=st.sampled_from([0, 1, 5, 16, 40]),
+    sizes=st.lists(st.integers(0, 20), max_size=12),
+)
+def test_bodyCount(limit: int, sizes: list[int]) -> None:
+    """
+    L{Content.body} counts its bytes inline, as L{Content.count} does: for a
+    handler without a BODY hook, body bytes given to C{body} leave the same
+    size, the same refusal (at the same byte, against the size limit or
+    none) and the same ABORTs as the same sizes given to C{count}, after
+    every call.
+    """
+    fast, fastHandler = _content(limit)
+    general, generalHandler = _content(limit)
+    for size in sizes:
+        fast.body(b"x" * size)
+        if size:  # count() is what body() does for bytes, and only for bytes
+            general.count(size)
+        fast._conversation.hooks.drive()
+        general._conversation.hooks.drive()
+        assert (fast.size, fast.failure) == (general.size, general.failure)
+        assert fastHandler.aborts == generalHandler.aborts
+    assert fast.size == sum(sizes)
+    if limit and sum(sizes) > limit:
+        assert fast.failure is not None
 
 
 # -- the property: the direct socket path --------------------------------------

@@ -1,5 +1,5 @@
 """
-Tests for L{esmtpkit.writer.ReplyWriter}: reply bytes collected while a read
+Tests for L{esmtpkit.io.writer.ReplyWriter}: reply bytes collected while a read
 is handled, written at the end of the reactor turn straight to the socket,
 and to the transport once the socket does not take everything.
 """
@@ -527,3 +527,138 @@ def test_everyByteOnceInOrder(
     assert plain.out() == written
     assert plainTransport.value() == written
     assert clock.getDelayedCalls() == []
+
+
+# -- the property: handle() is hold, the call, release ----------------------
+
+# A read: what the protocol does while it handles it (writes, reads nested in
+# it, a flush, a stopDirect, the socket changing its behaviour).
+_readOps = st.recursive(
+    _weighted(
+        (6, st.tuples(st.just("write"), st.binary(min_size=0, max_size=12))),
+        (1, st.tuples(st.just("flush"))),
+        (1, st.tuples(st.just("stopDirect"))),
+        (1, st.tuples(st.just("discard"))),
+        (2, st.tuples(st.just("short"), st.integers(min_value=0, max_value=8))),
+        (1, st.tuples(st.just("socket"), st.sampled_from([FULL, EAGAIN, BROKEN]))),
+    ),
+    lambda inner: st.tuples(st.just("read"), st.lists(inner, max_size=6)),
+    max_leaves=30,
+)
+_reads = st.lists(
+    st.one_of(
+        st.tuples(st.just("read"), st.lists(_readOps, max_size=8)),
+        st.tuples(st.just("write"), st.binary(min_size=1, max_size=12)),
+        st.tuples(st.just("advance")),
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+class Reads:
+    """
+    One writer on the direct path, whose reads are handled either with
+    L{ReplyWriter.hold} and L{ReplyWriter.release} (as the protocol did
+    before L{ReplyWriter.handle}) or with C{handle}.
+    """
+
+    def __init__(self, useHandle: bool) -> None:
+        self.useHandle = useHandle
+        self.clock = Clock()
+        self.sock = FakeSocket()
+        self.transport = FakeTCPTransport(self.clock)
+        self.writer = ReplyWriter(self.transport, OutputBatch(), sock=self.sock)
+        self.trace: list[object] = []
+
+    def observe(self) -> None:
+        self.trace.append(
+            (
+                self.sock.accepted,
+                self.sock.sends,
+                self.transport.value(),
+                len(self.clock.getDelayedCalls()),
+                self.writer.direct,
+            )
+        )
+
+    def apply(self, op: tuple[object, ...]) -> None:
+        name, writer = op[0], self.writer
+        if name == "write":
+            assert isinstance(op[1], bytes)
+            writer.write(op[1])
+        elif name == "advance":
+            self.clock.advance(0)
+        elif name == "flush":
+            writer.flush()
+        elif name == "stopDirect":
+            writer.stopDirect()
+        elif name == "discard":
+            writer.discard()
+        elif name == "short":
+            assert isinstance(op[1], int)
+            self.sock.mode, self.sock.short = SHORT, op[1]
+        elif name == "socket":
+            assert isinstance(op[1], str)
+            self.sock.mode = op[1]
+        elif name == "read":
+            assert isinstance(op[1], list)
+            self.read(op[1])
+        self.observe()
+
+    def handleRead(self, ops: list[tuple[object, ...]]) -> None:
+        for op in ops:
+            self.apply(op)
+
+    def read(self, ops: list[tuple[object, ...]]) -> None:
+        if self.useHandle:
+            self.writer.handle(Reads.handleRead, self, ops)  # type: ignore[arg-type]
+        elif self.writer.hold():
+            try:
+                self.handleRead(ops)
+            finally:
+                self.writer.release()
+        else:
+            self.handleRead(ops)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_reads)
+def test_handleIsHoldAndRelease(reads: list[tuple[object, ...]]) -> None:
+    """
+    L{ReplyWriter.handle} (the protocol's one call per read) has exactly the
+    effect of a L{ReplyWriter.hold}, the call, and a L{ReplyWriter.release}
+    when the hold returned L{True}: after every operation, nested reads
+    included, the socket has taken the same bytes in as many sends, the
+    transport has the same bytes, the same calls wait for the end of the
+    turn, and the direct path is on or off alike.
+    """
+    general, fast = Reads(useHandle=False), Reads(useHandle=True)
+    for op in [*reads, ("advance",)]:
+        general.apply(op)
+        fast.apply(op)
+    assert fast.trace == general.trace
+    assert fast.clock.getDelayedCalls() == []
+
+
+def test_handleRaises() -> None:
+    """
+    When the read's handler raises, L{ReplyWriter.handle} still releases:
+    what was written goes out at the end of the turn, and the error reaches
+    the caller.
+    """
+    run = Reads(useHandle=True)
+
+    def boom(owner: Reads, data: bytes) -> None:
+        owner.writer.write(data)
+        raise ZeroDivisionError()
+
+    try:
+        run.writer.handle(boom, run, b"250 OK\r\n")
+    except ZeroDivisionError:
+        pass
+    else:
+        raise AssertionError("the error was swallowed")
+    run.clock.advance(0)
+    assert run.sock.accepted == b"250 OK\r\n"
+    assert run.writer.hold()

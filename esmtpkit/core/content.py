@@ -119,9 +119,20 @@ class Content:
         fields = parseHeaderSection(section[:-2])
         if fields is None:
             return False
-        self._rawHeaders += section
         self.size += total
-        self.transaction.headers.extend(fields)
+        transaction = self.transaction
+        transaction.headers.extend(fields)
+        if (
+            not self._rawHeaders
+            and "EOH" in self._conversation.skippable
+            and self._conversation.hooks.idle
+        ):
+            # endHeaders, inline for the common case: the section is all
+            # there is, and EOH runs at once and does nothing.
+            self.inHeaders = False
+            transaction.rawHeaders = section
+            return True
+        self._rawHeaders += section
         self.endHeaders()
         return True
 
@@ -273,9 +284,15 @@ class Content:
         """
         # Counted as they come, whatever waits for BODY: where the limit is
         # passed must not depend on how the stream was read.
-        if data and not self.count(len(data)):
-            return
         conversation = self._conversation
+        if data:
+            # count(), inline (every read of a body comes here).
+            size = self.size = self.size + len(data)
+            limit = conversation.settings.maxMessageSize
+            if limit and size > limit:
+                self.refuse(TOO_BIG, "message-size")
+            if self.failure is not None:
+                return
         if "BODY" in conversation.skippable or self.skipBody:
             return  # no BODY hook (any more): counted, nothing to hand over
         if self._bodyPos < len(self._bodyQueue):

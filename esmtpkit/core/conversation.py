@@ -156,6 +156,10 @@ class Conversation:
             then(reply)
 
         hooks = self.hooks
+        if session.transaction is None and hooks.idle:
+            # Nothing to abort and nothing ahead in the queue: ask now.
+            hooks.run(hooks.callReply, hook, (domain,), greeted)
+            return
         hooks.now(self.abortStep, lambda: hooks.callReply(hook, (domain,), greeted))
 
     def mail(self, sender: str, params: Params, then: Then) -> None:
@@ -208,6 +212,10 @@ class Conversation:
         RSET or QUIT: end any transaction, then ask C{hook}.
         """
         hooks = self.hooks
+        if self.session.transaction is None and hooks.idle:
+            # Nothing to abort and nothing ahead in the queue: ask now.
+            hooks.run(hooks.callReply, hook, (), then)
+            return
         hooks.now(self.abortStep, lambda: hooks.callReply(hook, (), then))
 
     # -- the end of a transaction -------------------------------------------

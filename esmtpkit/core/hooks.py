@@ -178,7 +178,17 @@ class HookRunner:
         """
         if self._driving or not (self.steps or self.holding):
             return
-        self._runSteps(None, ())
+        self._driving = True
+        try:
+            while self.steps and self.pending is None:
+                steps = self.steps
+                self.steps = steps[1:]
+                steps[0]()
+        finally:
+            self._driving = False
+        if self.pending is None and self.holding:
+            self.holding = False
+            self._flow.hooksDone()
 
     def run(self, step: Callable[..., None], *args: Any) -> None:
         """
@@ -189,24 +199,13 @@ class HookRunner:
             self.steps = (lambda: step(*args), *self.steps)
             self.drive()
             return
-        self._runSteps(step, args)
-
-    def _runSteps(
-        self, first: Callable[..., None] | None, args: tuple[Any, ...]
-    ) -> None:
         self._driving = True
         try:
-            if first is not None:
-                first(*args)
-            while self.steps and self.pending is None:
-                steps = self.steps
-                self.steps = steps[1:]
-                steps[0]()
+            step(*args)
         finally:
             self._driving = False
-        if self.pending is None and self.holding:
-            self.holding = False
-            self._flow.hooksDone()
+        if self.steps or self.holding:
+            self.drive()  # what the step queued, or input to resume
 
     def invoke(self, name: str, args: tuple[Any, ...], done: Done) -> None:
         """

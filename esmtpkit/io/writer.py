@@ -26,12 +26,14 @@ and how they reach the client:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import ISSLTransport, ITransport
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .batch import OutputBatch
 
 __all__ = ["ReplyWriter", "SocketLike", "directSocket"]
@@ -92,13 +94,17 @@ class ReplyWriter:
 
     Usage, for each read::
 
+        writer.handle(receive, protocol, data)  # receive calls writer.write
+
+    which is, in one call::
+
         if writer.hold():
             try:
-                handle(data)  # calls writer.write(...)
+                receive(protocol, data)
             finally:
                 writer.release()
         else:
-            handle(data)  # an outer hold, or the batch, writes these
+            receive(protocol, data)  # an outer hold, or the batch, writes these
     """
 
     # An idle connection keeps its writer: four slots, no __dict__.
@@ -164,6 +170,27 @@ class ReplyWriter:
             batch.add(self, self._transport.reactor)  # type: ignore[attr-defined]
         else:
             self.flush()
+
+    def handle(
+        self, receive: Callable[[Any, bytes], None], owner: Any, data: bytes
+    ) -> None:
+        """
+        Call C{receive(owner, data)} with the writer held: a L{hold}, the
+        call, and (if the hold returned L{True}) a L{release}, in one call.
+        """
+        if self._outgoing is not None:
+            receive(owner, data)  # an outer hold, or the batch, writes these
+            return
+        self._outgoing = []
+        try:
+            receive(owner, data)
+        finally:
+            # release(), inline (this runs for every read).
+            batch = self._batch
+            if batch is not None and self._outgoing:
+                batch.add(self, self._transport.reactor)  # type: ignore[attr-defined]
+            else:
+                self.flush()
 
     def write(self, data: bytes) -> None:
         """

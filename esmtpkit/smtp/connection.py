@@ -1,7 +1,9 @@
 """
 L{SMTPConnection}: one connection of an SMTP-like wire (SMTP, LMTP) around a
-L{Conversation}: the transport, input framing and flow control, the replies
-and the protections that do not depend on any command.
+L{Conversation <esmtpkit.core.conversation.Conversation>}: its life cycle,
+the input framing and flow control, and the protections that do not depend
+on any command. Its state and its replies are L{ReplyingConnection}'s
+(L{esmtpkit.smtp.replies}).
 
 Input goes to whichever reader is set (message content after DATA or BDAT,
 a SASL exchange, the rest of an over-long line) and otherwise to
@@ -11,19 +13,18 @@ SMTP's commands. Replies go out through the connection's reply writer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import ISSLTransport, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from ..core.conversation import Conversation
 from ..io.writer import ReplyWriter
 from ..reply import Reply
-from ..session import Session
 from .deadline import RequestDeadline
 from .lines import PushbackLineReceiver
 from .reader import LineSkipper, Reader
+from .replies import COMMAND, GREETING, REFUSED, ReplyingConnection
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -32,12 +33,6 @@ if TYPE_CHECKING:
     from ..server.context import ServerContext
 
 __all__ = ["SMTPConnection", "HELD_INPUT", "GREETING", "COMMAND", "REFUSED"]
-
-# The phases of a connection (SMTPConnection._state); what input means
-# within a phase is the reader's business.
-GREETING = 0  # the greeting has not been sent yet
-COMMAND = 1  # serving commands
-REFUSED = 2  # CONNECT answered 554: only QUIT is served
 
 # Why input is held (bits of SMTPConnection._paused).
 _HELD_HOOK = 1  # a hook is pending
@@ -51,42 +46,23 @@ stops reading.
 """
 
 _LINE_TOO_LONG = Reply(500, "Line too long", enhanced="5.5.6")
-_SHUTTING_DOWN_TEXT = "Service shutting down"
-_SYNC = Reply(554, "Error: SMTP protocol synchronization", enhanced="5.5.0")
 
 
-class SMTPConnection(PushbackLineReceiver):
+class SMTPConnection(ReplyingConnection):
     """
     One server connection of an SMTP-like wire, driving one conversation.
 
-    @ivar session: the connection's L{Session}.
-    @ivar conversation: the L{Conversation} with the handler.
-    @ivar settings: the server's L{Settings <esmtpkit.Settings>}.
-    @ivar verb: the command being answered (for the events).
+    @ivar idleSince: when the client last sent something while the idle
+        timer watches the connection, else L{None} (see L{IdleTimer
+        <esmtpkit.server.idle.IdleTimer>}).
     """
 
-    # Every attribute of a connection lives in a slot, those of the base
-    # class (Twisted's protocol attributes included) in its own: no
-    # per-connection __dict__, which matters with thousands of idle
-    # connections. __init__ sets each one (a slot has no class default).
     __slots__ = (
-        "server",
-        "settings",
-        "session",
-        "conversation",
-        "verb",
-        "writer",
-        "_state",
-        "_reader",
-        "_message",
         "_deadline",
-        "_secure",
-        "_errors",
         "_greetingCall",
         "_pausedAt",
         "_paused",
         "_transportPaused",
-        "_draining",
         "idleSince",
     )
 
@@ -94,44 +70,13 @@ class SMTPConnection(PushbackLineReceiver):
         """
         @param server: what the connections of one server share.
         """
-        self.transport: Any = None
-        self.connected = 0
-        self.factory = None
-        self.line_mode = 1
-        self._buffer = b""
-        self._busyReceiving = False
-        self.paused = False
-        self.bareLineEnding = False
-        self.moreInput = False
-        self._pushedBack = b""
-        self._closing = False
-        self.server = server
-        self.settings = settings = server.settings
-        self.MAX_LENGTH = settings.maxLineLength
-        self.session = session = Session(hostname=settings.hostname)
-        self.conversation = Conversation(session, settings, server.clock, server.events)
-        self.verb = "CONNECT"
-        self.writer: ReplyWriter = None  # type: ignore[assignment]
-        self._state = GREETING
-        self._reader: Reader | None = None
-        self._message: Any = None  # the reader of the message being received
+        super().__init__(server)
         self._deadline: RequestDeadline | None = None  # made for the first message
-        self._secure: Any = None  # STARTTLS/AUTH state, made when first needed
-        self._errors = 0
         self._greetingCall: IDelayedCall | None = None
         self._pausedAt = 0.0
         self._paused = 0  # why input is held: a mask of the _HELD_* reasons
         self._transportPaused = False
-        self._draining = False  # see drain()
         self.idleSince: float | None = None  # see IdleTimer
-
-    @property
-    def handler(self) -> Any:
-        """
-        The connection's handler, or L{None} if it has none (a connection
-        refused for a limit, or a handler factory that failed).
-        """
-        return self.conversation.handler
 
     # -- connection life cycle --------------------------------------------
 
@@ -195,20 +140,6 @@ class SMTPConnection(PushbackLineReceiver):
         self.writeReply(Reply(code, *reply.lines, enhanced=reply.enhanced))
         self._state = REFUSED
 
-    def withHostname(self, reply: Reply) -> Reply:
-        """
-        C{reply} with the server's host name at the start of its first line.
-        """
-        first, host = reply.lines[0], self.session.hostname
-        if first == host or first.startswith(host + " "):
-            return reply
-        return Reply(
-            reply.code,
-            f"{host} {first}".rstrip(),
-            *reply.lines[1:],
-            enhanced=reply.enhanced,
-        )
-
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.idleSince = None
         if self._deadline is not None:
@@ -231,93 +162,6 @@ class SMTPConnection(PushbackLineReceiver):
         # ends the transaction, making ABORT moot); the limits keep the
         # connection among those ending until DISCONNECT is over.
         self.conversation.close(lambda: limits.ended(self))
-
-    # -- shutdown -----------------------------------------------------------
-    # A drain lets the transaction in flight finish: input is still served
-    # while a transaction is open (or a hook, a SASL exchange or a TLS
-    # handshake is under way); as soon as the session is idle -- now, or
-    # right after the reply that ends its transaction -- it gets 421 4.3.2
-    # and is closed, so nothing pipelined after that reply is served. At the
-    # server's deadline, shutdown() closes whatever is left.
-
-    def drain(self) -> None:
-        """
-        The server is shutting down: close the connection with 421 4.3.2
-        as soon as no transaction is open and no hook is pending (at once
-        if that is so now).
-        """
-        if self._draining or self._closing:
-            return
-        self._draining = True
-        hooks = self.conversation.hooks
-        if hooks is None or hooks.idle:
-            self._closeIfIdle()
-
-    def shutdown(self) -> None:
-        """
-        The shutdown deadline: 421 4.3.2 now (unless the connection is
-        closing already) and close. The hook in flight is cancelled and
-        nothing it answers is sent; an EOM in flight does not accept its
-        message, and the open transaction ends with ABORT, then DISCONNECT.
-        """
-        self._draining = True
-        if not self._closing:
-            self._sayShuttingDown()
-        self.conversation.interrupt()
-
-    @property
-    def draining(self) -> bool:
-        """
-        Whether the server is shutting down this connection (L{drain}).
-        """
-        return self._draining
-
-    def sessionIdle(self) -> bool:
-        """
-        Whether no transaction is open and no message, SASL exchange or TLS
-        handshake is under way (pending hooks aside).
-        """
-        secure = self._secure
-        return (
-            self.session.transaction is None
-            and self._reader is None
-            and self._message is None
-            and (secure is None or not secure.handshaking)
-        )
-
-    def _closeIfIdle(self) -> None:
-        if self._draining and not self._closing and self.sessionIdle():
-            self._sayShuttingDown()
-
-    def _sayShuttingDown(self) -> None:
-        host = self.session.hostname
-        reply = Reply(421, f"{host} {_SHUTTING_DOWN_TEXT}", enhanced="4.3.2")
-        self.writeReply(reply, count=False)  # a 421: closes
-
-    def timeoutConnection(self) -> None:
-        """
-        Called by the server's L{IdleTimer}: the client has been silent for
-        C{idleTimeout} seconds.
-        """
-        self.limitReached("idle-timeout", "timed out")
-        host = self.session.hostname
-        self.writeReply(Reply(421, f"{host} Error: timeout exceeded", enhanced="4.4.2"))
-
-    def limitReached(self, limit: str, detail: str) -> None:
-        """
-        Tell the observers that a protection triggered.
-        """
-        for notify in self.server.events.limitReached:
-            notify(self.session, limit, detail)
-
-    def close(self) -> None:
-        """
-        Close the connection once the replies so far are out.
-        """
-        if not self._closing:
-            self._closing = True
-            self.writer.flush()
-            self.transport.loseConnection()
 
     # -- flow control -----------------------------------------------------
     # Input stops for two reasons: a hook is pending (so replies stay in
@@ -388,15 +232,6 @@ class SMTPConnection(PushbackLineReceiver):
             self._transportPaused = False
             self.transport.resumeProducing()
 
-    def violation(self, what: str) -> None:
-        """
-        The client broke the rules of the conversation in a way that makes
-        it unsafe to go on: say so and close.
-        """
-        self.limitReached("sync", f"protocol violation: {what}")
-        self.writeReply(_SYNC, count=False)
-        self.close()
-
     # -- input ------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
@@ -412,16 +247,8 @@ class SMTPConnection(PushbackLineReceiver):
                 return
             if self.idleSince is not None:
                 self.idleSince = self.server.clock.seconds()
-        writer = self.writer
-        if not writer.hold():
-            # Re-entered: the outer call releases.
-            super().dataReceived(data)
-            return
         # Replies made while this input is handled go out together.
-        try:
-            super().dataReceived(data)
-        finally:
-            writer.release()
+        self.writer.handle(PushbackLineReceiver.dataReceived, self, data)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         reader = self._reader
@@ -505,42 +332,7 @@ class SMTPConnection(PushbackLineReceiver):
         text = line.decode("utf-8", "surrogateescape")
         self.conversation.command("UNKNOWN", (text,), self.writeReply)
 
-    # -- replies ----------------------------------------------------------
-
-    def writeReply(
-        self, reply: Reply, enhanced: bool = True, count: bool = True, last: bool = True
-    ) -> None:
-        """
-        Send C{reply} (after those before it), then close if it is a 421 or
-        the handler asked to disconnect; an error reply counts against the
-        error budget unless C{count} is false.
-
-        @param last: whether this is the last reply to the command (LMTP
-            answers the end of a message once per recipient); only after
-            the last may the connection close or the error count grow.
-        """
-        if self._closing:
-            # Closed for a reason already said (QUIT, 421, 554): nothing a
-            # hook answers later may follow it.
-            return
-        self.writer.write(reply.toBytes(enhanced and self.settings.enhancedStatusCodes))
-        events = self.server.events
-        if events.commandReplied:
-            for notify in events.commandReplied:
-                notify(self.session, self.verb, reply)
-        if not last:
-            return
-        handler = self.conversation.handler
-        code = reply.code
-        if code == 421 or (handler is not None and handler.disconnect):
-            self.close()
-            return
-        if code >= 400 and count and self._state != GREETING:
-            self._countError()
-        if self._draining and code != 221:  # QUIT's 221 closes by itself
-            if code == 220 and self.verb == "STARTTLS":
-                return  # idle once the handshake is over
-            self._closeIfIdle()
+    # -- the end of a message ---------------------------------------------
 
     def messageDone(self, result: MessageResult) -> None:
         """
@@ -563,23 +355,3 @@ class SMTPConnection(PushbackLineReceiver):
         self._message = None
         if self._deadline is not None:
             self._deadline.stop()
-
-    def _countError(self) -> None:
-        """
-        Every error reply counts; past the soft limit the session slows
-        down, at the hard limit it ends (Postfix's smtpd_soft_error_limit
-        and smtpd_hard_error_limit).
-        """
-        self._errors += 1
-        settings = self.settings
-        if settings.hardErrorLimit and self._errors >= settings.hardErrorLimit:
-            self.limitReached("errors", "made too many errors")
-            host = self.session.hostname
-            self.writeReply(
-                Reply(421, f"{host} Error: too many errors", enhanced="4.7.0")
-            )
-        elif settings.softErrorLimit and self._errors > settings.softErrorLimit:
-            delay = settings.errorDelay * (self._errors - settings.softErrorLimit)
-            hooks = self.conversation.hooks
-            if delay and hooks is not None:
-                hooks.now(lambda: hooks.sleep(delay))

@@ -125,7 +125,6 @@ class DataReader:
         read one at a time.
         """
         wire = self._wire
-        wire.setLineMode()
         end = data.find(b"\r\n\r\n") + 2
         if end > 1:
             section = data[: end + 2]
@@ -136,10 +135,10 @@ class DataReader:
                 and self.content.headerSection(section)
             ):
                 self._deadline.extend(len(section))
-                self._startBody()
+                self._startBody()  # raw mode still, for the body
                 wire.pushBack(data[len(section) :])
                 return
-        wire.pushBack(data)
+        wire.setLineMode(data)
 
     def rawDataReceived(self, data: bytes) -> None:
         """

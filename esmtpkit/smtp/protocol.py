@@ -247,7 +247,7 @@ class ESMTPProtocol(SMTPConnection):
         if session.transaction is not None:
             self.writeReply(_sequence("Sender already specified"))
             return
-        refusal = tlsRequired(self)
+        refusal = tlsRequired(self) if self.settings.requireTLS else None
         if refusal is None and self.settings.requireAuth and not session.authenticated:
             refusal = Reply(530, "Authentication required", enhanced="5.7.0")
         if refusal is not None:
