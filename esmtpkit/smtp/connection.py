@@ -53,6 +53,9 @@ stops reading.
 _LINE_TOO_LONG = Reply(500, "Line too long", enhanced="5.5.6")
 _SHUTTING_DOWN_TEXT = "Service shutting down"
 _SYNC = Reply(554, "Error: SMTP protocol synchronization", enhanced="5.5.0")
+# The commands whose argument a refusal event carries (a path or a domain;
+# never AUTH's, which can hold a secret).
+_ARGUMENT_TOLD = frozenset({"MAIL", "RCPT", "HELO", "EHLO", "LHLO"})
 
 
 class SMTPConnection(PushbackLineReceiver):
@@ -63,6 +66,8 @@ class SMTPConnection(PushbackLineReceiver):
     @ivar conversation: the L{Conversation} with the handler.
     @ivar settings: the server's L{Settings <esmtpkit.Settings>}.
     @ivar verb: the command being answered (for the events).
+    @ivar argument: the text after the verb of the command being answered
+        (for the events).
     """
 
     # Every attribute of a connection lives in a slot, those of the base
@@ -75,6 +80,7 @@ class SMTPConnection(PushbackLineReceiver):
         "session",
         "conversation",
         "verb",
+        "argument",
         "writer",
         "_state",
         "_reader",
@@ -111,6 +117,7 @@ class SMTPConnection(PushbackLineReceiver):
         self.session = session = Session(hostname=settings.hostname)
         self.conversation = Conversation(session, settings, server.clock, server.events)
         self.verb = "CONNECT"
+        self.argument = ""
         self.writer: ReplyWriter = None  # type: ignore[assignment]
         self._state = GREETING
         self._reader: Reader | None = None
@@ -528,10 +535,15 @@ class SMTPConnection(PushbackLineReceiver):
         if events.commandReplied:
             for notify in events.commandReplied:
                 notify(self.session, self.verb, reply)
+        code = reply.code
+        if code >= 400 and events.commandRefused:
+            verb = self.verb
+            argument = self.argument if verb in _ARGUMENT_TOLD else ""
+            for notify in events.commandRefused:
+                notify(self.session, verb, argument, reply)
         if not last:
             return
         handler = self.conversation.handler
-        code = reply.code
         if code == 421 or (handler is not None and handler.disconnect):
             self.close()
             return
