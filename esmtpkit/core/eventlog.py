@@ -56,8 +56,11 @@ class _Addresses(list[str]):
 
     __slots__ = ()
 
-    def __format__(self, spec: str) -> str:
+    def __str__(self) -> str:
         return ",".join(f"<{address}>" for address in self) or "<>"
+
+    def __format__(self, spec: str) -> str:
+        return str(self)
 
 
 def _clean(text: str) -> str:

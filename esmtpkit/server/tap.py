@@ -23,6 +23,7 @@ from ..security.auth import makePortal
 from ..security.scram import IScramSHA256Credentials, ScramFileChecker
 from ..security.tls import ServerTLS, TLSConfigurationError
 from ..settings import Settings
+from .jsonlog import FORMATS, twistdLogObserver
 from .listeners import openBeforeFork
 from .optionvalues import EXTENSIONS, OPTION_OF, SETTINGS, asBytes
 from .service import DEFAULT_PORT, ESMTPService
@@ -82,6 +83,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             None,
             "Endpoint to serve Prometheus metrics on, at /metrics "
             "(tcp:9101:interface=127.0.0.1).",
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "Log lines as text or json (one JSON object per line; under "
+            "twistd, to its log file or standard output).",
         ],
     ] + [[option, None, default, text] for option, _, _, default, text in SETTINGS]
 
@@ -244,6 +252,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError("--require-auth needs --auth")
         self["handlerFactory"] = self._handlerFactory()
         self._checkPorts()
+        if self["log-format"] not in FORMATS:
+            raise usage.UsageError(
+                f"--log-format: {self['log-format']!r} is not text or json"
+            )
         if self["metrics"] is not None:
             from . import metrics  # prometheus_client and twisted.web: only when asked
 
@@ -372,6 +384,40 @@ def makeService(options: Options) -> IService:
     The service that C{twistd esmtpkit} runs.
     """
     raiseFileLimit()
+    service = _makeService(options)
+    if options["log-format"] == "json":
+        _logAsJSON(service, options)
+    return service
+
+
+def _logAsJSON(service: IService, options: Options) -> None:
+    """
+    Under C{twistd} (and C{python -m esmtpkit}), make the application
+    C{service} joins log as JSON: twistd takes the application's
+    L{ILogObserver} component when it starts logging. (Under C{twist},
+    its own C{--log-format json} does it.)
+    """
+    from twisted.logger import ILogObserver
+
+    parent = getattr(options, "parent", None)
+    if parent is None or "nodaemon" not in parent:
+        return
+    try:
+        observer = twistdLogObserver(parent)
+    except ValueError as e:
+        raise StartupError(str(e)) from None
+    setServiceParent = service.setServiceParent
+
+    def joined(application: Any) -> None:
+        setComponent = getattr(application, "setComponent", None)
+        if setComponent is not None:
+            setComponent(ILogObserver, observer)
+        setServiceParent(application)
+
+    service.setServiceParent = joined  # type: ignore[method-assign]
+
+
+def _makeService(options: Options) -> IService:
     service: IService
     if options["workers"] > 1:
         supervisor = WorkerSupervisor(

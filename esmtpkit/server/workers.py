@@ -36,6 +36,7 @@ from twisted.runner.procmon import ProcessMonitor
 from zope.interface import implementer
 
 from .drain import GRACE
+from .workerlog import WorkerLog, howEnded
 
 __all__ = ["WorkerSupervisor", "AdoptedPortService", "listeningDescription", "cores"]
 
@@ -101,24 +102,50 @@ class _SpawnWithSockets:
         self._reactor = reactor
         self._fds = list(fds)
         self._exited = exited
+        self._started: set[str] = set()
+        self.stopping: Callable[[], bool] | None = None
 
     def spawnProcess(self, protocol: Any, *args: Any, **kwargs: Any) -> Any:
         childFDs: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         for index, fd in enumerate(self._fds):
             childFDs[FIRST_FD + index] = fd
         kwargs["childFDs"] = childFDs
+        name = protocol.name
+        relay = WorkerLog(name)
+        # The worker's output (JSON lines) goes into this process's log, as
+        # its own events: one timestamp, one prefix.
+        protocol.outReceived = relay.outReceived
+        protocol.errReceived = relay.errReceived
         process = self._reactor.spawnProcess(protocol, *args, **kwargs)
-        if self._exited:
+        pid, ended = process.pid, protocol.processEnded
+        if name in self._started:
+            log.warn(
+                "esmtpkit {worker} restarted (pid {pid})",
+                event="worker-restarted",
+                worker=name,
+                pid=pid,
+            )
+        self._started.add(name)
+
+        def processEnded(reason: Any) -> None:
+            relay.flush()
+            if self.stopping is None or not self.stopping():
+                log.warn(
+                    "esmtpkit {worker} (pid {pid}) died: {how}",
+                    event="worker-died",
+                    worker=name,
+                    pid=pid,
+                    how=howEnded(reason.value),
+                    signal=getattr(reason.value, "signal", None),
+                    status=getattr(reason.value, "exitCode", None),
+                )
             # Tell who wants to know of the worker's end, by its PID (gone
             # from the transport by then).
-            pid, ended = process.pid, protocol.processEnded
+            for notify in self._exited:
+                notify(pid)
+            ended(reason)
 
-            def processEnded(reason: Any) -> None:
-                for notify in self._exited:
-                    notify(pid)
-                ended(reason)
-
-            protocol.processEnded = processEnded
+        protocol.processEnded = processEnded
         return process
 
     def __getattr__(self, name: str) -> Any:
@@ -222,6 +249,7 @@ class WorkerSupervisor(Service):
         self._open()
         fds = [port.fileno() for port in self._listening]
         spawner: Any = _SpawnWithSockets(self._reactor, fds, self.workerExited)
+        spawner.stopping = lambda: not self.running
         self.monitor = ProcessMonitor(reactor=spawner)
         inherited: list[str] = []
         for index, description in enumerate(self.ports):
@@ -231,7 +259,7 @@ class WorkerSupervisor(Service):
             "-m",
             "twisted",
             "--log-format",
-            "text",
+            "json",
             "esmtpkit",
             *self.workerArgs,
             *inherited,
