@@ -426,14 +426,15 @@ def _makeService(options: Options) -> IService:
             options.workerArguments(),
             shutdownTimeout=options["settings"].shutdownTimeout,
         )
+        supervised: Any = supervisor
+        if options["metrics"] is not None:
+            from . import metrics
+
+            supervised = metrics.SupervisedMetrics(supervisor, options["metrics"])
         # Listen now, before twistd forks: a port that cannot be opened
         # stops start-up with one line (esmtpkit.server.listeners).
-        openBeforeFork(supervisor, options)
-        if options["metrics"] is None:
-            return supervisor
-        from . import metrics
-
-        return metrics.SupervisedMetrics(supervisor, options["metrics"])
+        openBeforeFork(supervised, options)
+        return supervised  # type: ignore[no-any-return]
     service = ESMTPService(
         options["handlerFactory"],
         options["ports"],

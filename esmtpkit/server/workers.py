@@ -229,6 +229,17 @@ class WorkerSupervisor(Service):
             self._listening = []
             raise
 
+    def close(self) -> None:
+        """
+        Close the listening sockets opened by L{listen} at once (start-up
+        failed elsewhere).
+        """
+        from .listeners import closeNow
+
+        for port in self._listening:
+            closeNow(port)
+        self._listening = []
+
     def _open(self) -> None:
         from .listeners import claimLock
 
@@ -424,8 +435,17 @@ class AdoptedPortService(Service):
         family = probe.family
         probe.close()
         factory = wrapFactory(splitWire(self.description)[1], self.factory, self.tls)
-        self.port = self._reactor.adoptStreamPort(self.fd, family, factory)
+        self.port = port = self._reactor.adoptStreamPort(self.fd, family, factory)
         os.close(self.fd)  # adoptStreamPort made its own copy
+        if family == socket.AF_UNIX:
+            # The socket file is the supervisor's: a worker that stops (alone,
+            # to be restarted) must not remove it, as a unix port does.
+            from twisted.internet.tcp import Port as TCPPort
+
+            def connectionLost(reason: Any) -> None:
+                TCPPort.connectionLost(port, reason)
+
+            port.connectionLost = connectionLost
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
