@@ -240,3 +240,29 @@ class JSONLineTests(SynchronousTestCase):
         second = json.loads(eventAsJSONLine(seen[1]))
         self.assertIn("ZeroDivisionError", second["traceback"])
         self.assertNotIn("\n", eventAsJSONLine(seen[1]))
+
+
+class WorkerFailureTests(SynchronousTestCase):
+    """
+    A failure logged in a worker keeps its exception's text through the
+    JSON form (L{keepFailureText} there, L{WorkerLog} here).
+    """
+
+    def test_failureText(self) -> None:
+        from esmtpkit.server.workerlog import keepFailureText
+
+        seen: list[Any] = []
+        log = Logger(namespace="esmtpkit", observer=seen.append)
+        try:
+            raise ValueError("the handler broke")
+        except ValueError:
+            log.failure("session {session} hook EOM failed", session="S")
+        keepFailureText(seen[0])
+        events: list[dict[str, Any]] = []
+        WorkerLog("worker-1", events.append).outReceived(
+            ("\x1e" + eventAsJSON(seen[0]) + "\n").encode()
+        )
+        [event] = events
+        traceback = event["log_failure"].getTraceback()
+        self.assertIn("ValueError: the handler broke", traceback)
+        self.assertNotIn("log_failure_text", event)

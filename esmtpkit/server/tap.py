@@ -435,6 +435,13 @@ def _makeService(options: Options) -> IService:
         # stops start-up with one line (esmtpkit.server.listeners).
         openBeforeFork(supervised, options)
         return supervised  # type: ignore[no-any-return]
+    if options["inherited"]:
+        # A worker of --workers: its log goes to the supervisor as JSON.
+        from twisted.logger import globalLogPublisher
+
+        from .workerlog import keepFailureText
+
+        globalLogPublisher.addObserver(keepFailureText)
     service = ESMTPService(
         options["handlerFactory"],
         options["ports"],

@@ -13,7 +13,24 @@ from typing import Any
 
 from twisted.logger import LogLevel, eventFromJSON, globalLogPublisher
 
-__all__ = ["WorkerLog", "howEnded"]
+__all__ = ["WorkerLog", "howEnded", "keepFailureText"]
+
+_FAILURE_TEXT = "log_failure_text"
+
+
+def keepFailureText(event: dict[str, Any]) -> None:
+    """
+    A log observer for a worker, to add before the JSON one: the text of a
+    failure's exception, which Twisted's JSON form of a failure drops, as
+    a field of its own (L{WorkerLog} puts it back).
+    """
+    failure = event.get("log_failure")
+    if failure is not None and _FAILURE_TEXT not in event:
+        try:
+            event[_FAILURE_TEXT] = str(failure.value)
+        except Exception:
+            event[_FAILURE_TEXT] = repr(failure.value)
+
 
 _MAX_BUFFER = 1 << 20
 
@@ -97,6 +114,10 @@ class WorkerLog:
                 "log_time": time.time(),
                 "stream": stream,
             }
+        failure = event.get("log_failure")
+        text = event.pop(_FAILURE_TEXT, None)
+        if failure is not None and isinstance(text, str):
+            failure.value = text  # what the traceback's last line shows
         level = event.get("log_level")
         namespace = event.get("log_namespace", "-")
         event["worker"] = self.name
