@@ -39,17 +39,24 @@ def test_workerStoppedAloneKeepsTheSocket(tmp_path: Path) -> None:
     options = ["--workers", "2", "--port", f"unix:{path}"]
     options += ["--handler", "esmtpkit.handlers.Sink"]
     with Server(tmp_path, options, readyPort=None) as server:
+
+        def started(count: int) -> bool:
+            return server.output().count("Starting reactor") >= count
+
         workers = server.waitWorkers(2)
+        assert waitFor(lambda: started(2), 20), server.tail()
         assert waitFor(lambda: greeted(path) or None, 10), server.tail()
         victim = min(workers)
         os.kill(victim, signal.SIGTERM)
         assert waitFor(lambda: (not alive(victim)) or None, 10), server.tail()
+        assert path.exists(), server.tail()
 
         def replaced() -> set[int] | None:
             found = server.workers()
             return found if len(found) == 2 and victim not in found else None
 
         assert waitFor(replaced, 10), server.tail()
+        assert waitFor(lambda: started(3), 20), server.tail()
         assert path.exists(), server.tail()
         # Both workers accept on it (the kernel spreads connections).
         assert all(greeted(path) for _ in range(6)), server.tail()

@@ -438,9 +438,13 @@ class AdoptedPortService(Service):
         self.port = port = self._reactor.adoptStreamPort(self.fd, family, factory)
         os.close(self.fd)  # adoptStreamPort made its own copy
         if family == socket.AF_UNIX:
-            # The socket file is the supervisor's: a worker that stops (alone,
-            # to be restarted) must not remove it, as a unix port does.
+            # The socket is the supervisor's: a worker that stops (alone, to
+            # be restarted) must neither shut it down (which would stop every
+            # worker's accepting; Twisted spares adopted TCP ports only) nor
+            # remove its file, as a unix port does.
             from twisted.internet.tcp import Port as TCPPort
+
+            port._shouldShutdown = False
 
             def connectionLost(reason: Any) -> None:
                 TCPPort.connectionLost(port, reason)
