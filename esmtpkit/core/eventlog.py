@@ -63,6 +63,24 @@ class _Addresses(list[str]):
         return str(self)
 
 
+class _Line:
+    """
+    A log line, formatted when (and each time) it is written.
+    """
+
+    __slots__ = ("template", "fields")
+
+    def __init__(self, template: str, fields: dict[str, Any]) -> None:
+        self.template = template
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return self.template.format_map(self.fields)
+
+    def __format__(self, spec: str) -> str:
+        return self.template.format_map(self.fields)
+
+
 def _clean(text: str) -> str:
     """
     Client-supplied C{text} fit for one log line: no control characters or
@@ -131,6 +149,15 @@ class LogObserver(ServerObserver):
         self._info = _ORDER.index(level) <= _ORDER.index(LogLevel.info)
         self._pending: dict[str, tuple[str | None, str | None]] = {}
 
+    def _emit(self, level: LogLevel, template: str, **fields: Any) -> None:
+        """
+        Log a line of C{template} with C{fields}: the text is made only
+        when an observer formats the event, by C{str.format_map} (far
+        cheaper than the logger's own formatting of many fields).
+        """
+        fields["log_line"] = _Line(template, fields)
+        self.log.emit(level, "{log_line}", **fields)
+
     def wants(self, event: str) -> bool:
         wanted = self._LEVELS.get(event, LogLevel.info)
         return _ORDER.index(wanted) >= _ORDER.index(self.level)
@@ -153,7 +180,8 @@ class LogObserver(ServerObserver):
             why = f" limit={limit}"
         if detail:
             why += f" ({detail})"
-        self.log.info(
+        self._emit(
+            LogLevel.info,
             REJECT_FORMAT,
             event="reject",
             session=session.id,
@@ -210,7 +238,8 @@ class LogObserver(ServerObserver):
 
     def limitReached(self, session: Session, limit: str, detail: str) -> None:
         if limit == "hook-timeout":
-            self.log.error(
+            self._emit(
+                LogLevel.error,
                 "session {session} {detail}",
                 event="limit",
                 session=session.id,
@@ -225,7 +254,8 @@ class LogObserver(ServerObserver):
     # -- the rest -----------------------------------------------------------
 
     def connectionOpened(self, session: Session) -> None:
-        self.log.info(
+        self._emit(
+            LogLevel.info,
             "session {session} connected from {client}",
             event="connect",
             session=session.id,
@@ -236,14 +266,16 @@ class LogObserver(ServerObserver):
         limit, detail = self._pending.pop(session.id, (None, None))
         if limit is not None or detail is not None:
             # Told, but no reply followed (the client was gone).
-            self.log.info(
+            self._emit(
+                LogLevel.info,
                 "session {session} {detail}",
                 event="limit",
                 session=session.id,
                 limit=limit,
                 detail=detail or limit,
             )
-        self.log.info(
+        self._emit(
+            LogLevel.info,
             "session {session} disconnected ({messages} messages accepted)",
             event="disconnect",
             session=session.id,
@@ -259,7 +291,8 @@ class LogObserver(ServerObserver):
         )
 
     def commandReplied(self, session: Session, verb: str, reply: Reply) -> None:
-        self.log.debug(
+        self._emit(
+            LogLevel.debug,
             "session {session} {command} -> {code}",
             event="reply",
             session=session.id,
@@ -268,7 +301,8 @@ class LogObserver(ServerObserver):
         )
 
     def transactionStarted(self, session: Session, transaction: Transaction) -> None:
-        self.log.debug(
+        self._emit(
+            LogLevel.debug,
             "session {session} message {transaction} from=<{sender}>",
             event="mail",
             session=session.id,
@@ -302,7 +336,8 @@ class LogObserver(ServerObserver):
             if reply.code != first:
                 code = ",".join(str(reply.code) for reply in replies)
                 break
-        self.log.info(
+        self._emit(
+            LogLevel.info,
             MESSAGE_FORMAT,
             event="message",
             session=session.id,
@@ -317,12 +352,16 @@ class LogObserver(ServerObserver):
         )
 
     def tlsStarted(self, session: Session) -> None:
-        self.log.info(
-            "session {session} starting TLS", event="tls-start", session=session.id
+        self._emit(
+            LogLevel.info,
+            "session {session} starting TLS",
+            event="tls-start",
+            session=session.id,
         )
 
     def tlsEstablished(self, session: Session, tls: TLSInfo) -> None:
-        self.log.info(
+        self._emit(
+            LogLevel.info,
             "session {session} TLS {version} {cipher}",
             event="tls",
             session=session.id,
@@ -331,14 +370,16 @@ class LogObserver(ServerObserver):
         )
 
     def tlsFailed(self, session: Session) -> None:
-        self.log.info(
+        self._emit(
+            LogLevel.info,
             "session {session} TLS handshake did not complete",
             event="tls-failed",
             session=session.id,
         )
 
     def authSucceeded(self, session: Session, mechanism: str, identity: Any) -> None:
-        self.log.info(
+        self._emit(
+            LogLevel.info,
             "session {session} authenticated as {identity} ({mechanism})",
             event="auth",
             session=session.id,
@@ -347,7 +388,8 @@ class LogObserver(ServerObserver):
         )
 
     def hookFinished(self, session: Session, hook: str, seconds: float) -> None:
-        self.log.debug(
+        self._emit(
+            LogLevel.debug,
             "session {session} hook {hook} took {seconds:.6f}s",
             event="hook",
             session=session.id,
