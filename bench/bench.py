@@ -2097,7 +2097,8 @@ def main() -> None:
     parser.add_argument(
         "--scenarios",
         default="".join(s.key for s in SCENARIOS),
-        help="scenario keys to run, run together, e.g. AF2H [default: %(default)s]",
+        help="scenario keys to run, run together, e.g. AF2H; M (the milter "
+        "scenario, bench/milterbench.py) only when asked [default: %(default)s]",
     )
     parser.add_argument("--servers", help="comma-separated server names [default: all]")
     parser.add_argument("--chart", type=Path, help="write the chart PNG here")
@@ -2181,6 +2182,11 @@ def main() -> None:
     specs = servers(args.servers.split(",") if args.servers else None, baseline)
     order = [s.name for s in specs]
     keys = re.findall(r"[A-Z]\d*", args.scenarios.upper())
+    milter = "M" in keys  # scenario M: bench/milterbench.py, run after the others
+    keys = [k for k in keys if k != "M"]
+    if milter and not keys:
+        runMilter(args.quick, logs, pin, jsonPath, stamp)
+        return
     unknownKeys = set(keys) - {s.key for s in SCENARIOS}
     if unknownKeys or not keys:
         sys.exit(f"unknown scenario(s): {', '.join(sorted(unknownKeys)) or '-'}")
@@ -2322,6 +2328,26 @@ def main() -> None:
         chart(results, order, args.chart)
         print(f"bench: chart written to {args.chart}", file=sys.stderr)
     print(text)
+    if milter:
+        runMilter(args.quick, logs, pin, jsonPath.with_name(f"{stamp}-M.json"), stamp)
+
+
+def runMilter(
+    quick: bool, logs: Path, pin: Pinning, jsonPath: Path, stamp: str
+) -> None:
+    """
+    Scenario M (esmtpkit as a milter, beside Postfix alone and pymilter):
+    see bench/milterbench.py. Its table is printed, its raw results go to
+    C{jsonPath}.
+    """
+    import milterbench
+
+    print("bench: scenario M (milter), see bench/milterbench.py", file=sys.stderr)
+    lines, raw = milterbench.run(quick, logs, pin.client, pin.server)
+    raw.update(started=stamp, machine=machine(), pinning=pin.note)
+    jsonPath.parent.mkdir(parents=True, exist_ok=True)
+    jsonPath.write_text(json.dumps(raw, indent=1, default=str))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

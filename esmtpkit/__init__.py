@@ -8,8 +8,10 @@ with L{ESMTPFactory} or L{ESMTPService}.
 """
 
 from .core.events import ServerEvents, ServerObserver
+from .core.modifications import Modifications
 from .core.results import PerRecipient
-from .handler import ESMTPHandler
+from .core.rewrite import ModifiedMessage
+from .handler import NO_OPINION, ESMTPHandler
 from .interfaces import IESMTPHandler
 from .received import receivedHeader
 from .reply import Reply, ReplyError
@@ -30,6 +32,9 @@ __all__ = [
     "IESMTPHandler",
     "LMTPFactory",
     "LMTPProtocol",
+    "Modifications",
+    "ModifiedMessage",
+    "NO_OPINION",
     "PerRecipient",
     "Recipient",
     "Reply",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
+from typing import Any, ClassVar
 
 from zope.interface import implementer
 from zope.interface.interface import Method
@@ -16,9 +16,31 @@ from .interfaces import IESMTPHandler
 from .reply import HookResult, Reply
 from .session import Params, Session
 
-__all__ = ["ESMTPHandler", "VERSION_TEXT"]
+__all__ = ["ESMTPHandler", "VERSION_TEXT", "NO_OPINION", "skippableFor"]
 
 VERSION_TEXT = "esmtpkit"
+
+
+class _NoOpinion:
+    """
+    The type of L{NO_OPINION}.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_OPINION"
+
+    def __reduce__(self) -> str:
+        return "NO_OPINION"
+
+
+NO_OPINION = _NoOpinion()
+"""
+What a hook returns to say it has no opinion: in a L{Chain
+<esmtpkit.handlers.Chain>}, the next handler is asked; alone, it means the
+default reply, as L{None} does.
+"""
 
 
 # Replies that never change are made once (Reply caches its wire form).
@@ -87,6 +109,13 @@ class ESMTPHandler:
 
     session: Session
     disconnect: bool
+
+    Options: ClassVar[type | None] = None
+    """
+    The handler's own options for C{twistd esmtpkit --handler-option}: a
+    L{esmtpkit.handlers.HandlerOptions} subclass, or L{None} for none (see
+    docs/handlers.md, "Handler options").
+    """
 
     def __init__(self) -> None:
         self.disconnect = False
@@ -203,23 +232,53 @@ def _hello(session: Session, domain: str) -> str:
 
 
 _skipped: dict[type, frozenset[str]] = {}
+_CONTENT_HOOKS = ("HEADER", "EOH", "BODY")
+
+# What skippableHooks keeps for a class that answers for each instance.
+_ASK_INSTANCE: frozenset[str] = frozenset(("ask the instance",))
 
 
 def skippableHooks(cls: type) -> frozenset[str]:
     """
     The content hooks (HEADER, EOH, BODY) that handler class C{cls} takes
     unchanged from L{ESMTPHandler}, which do nothing: esmtpkit need not call
-    them.
+    them. (For a handler with a C{skippableHooks()} method, such as a
+    L{Chain <esmtpkit.handlers.Chain>}, ask L{skippableFor} instead.)
     """
     names = _skipped.get(cls)
     if names is None:
+        names = _classSkippable(cls)
+    return frozenset() if names is _ASK_INSTANCE else names
+
+
+def _classSkippable(cls: type) -> frozenset[str]:
+    if callable(getattr(cls, "skippableHooks", None)):
+        names = _ASK_INSTANCE
+    else:
         names = frozenset(
             name
-            for name in ("HEADER", "EOH", "BODY")
+            for name in _CONTENT_HOOKS
             if getattr(cls, name, None) is getattr(ESMTPHandler, name)
         )
-        if len(_skipped) < 1000:
-            _skipped[cls] = names
+    if len(_skipped) < 1000:
+        _skipped[cls] = names
+    return names
+
+
+def skippableFor(handler: object) -> frozenset[str]:
+    """
+    The content hooks esmtpkit need not call on C{handler}: those its class
+    leaves to L{ESMTPHandler}, or, when the handler has a
+    C{skippableHooks()} method, what that returns (checked once, when the
+    conversation starts: a chain's answer depends on its members).
+    """
+    cls = type(handler)
+    names = _skipped.get(cls)
+    if names is None:
+        names = _classSkippable(cls)
+    if names is _ASK_INSTANCE:
+        asked = handler.skippableHooks()  # type: ignore[attr-defined]
+        return frozenset(name for name in asked if name in _CONTENT_HOOKS)
     return names
 
 

@@ -244,18 +244,47 @@ def maildirFiles(path: Path, sub: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file())
 
 
+DELIVERY_HEADERS = (
+    b"X-Esmtpkit-Quarantine:",
+    b"Return-Path:",
+    b"X-Original-To:",
+    b"Delivered-To:",
+)
+
+
+def _fieldEnd(data: bytes, pos: int) -> int:
+    # Where the header field starting at pos ends (after its continuations).
+    pos = data.index(b"\r\n", pos) + 2
+    while data[pos : pos + 1] in (b" ", b"\t"):
+        pos = data.index(b"\r\n", pos) + 2
+    return pos
+
+
+def splitDelivery(data: bytes) -> tuple[bytes, bytes]:
+    """
+    Split a message delivered by the Maildir handler into the delivery
+    headers it starts with (C{Return-Path:}, C{X-Original-To:},
+    C{Delivered-To:}, a quarantine reason; possibly none) and the rest,
+    which starts with the handler's C{Received:} header.
+    """
+    pos = 0
+    while data.startswith(DELIVERY_HEADERS, pos):
+        pos = _fieldEnd(data, pos)
+    return data[:pos], data[pos:]
+
+
 def splitReceived(data: bytes) -> tuple[bytes, bytes]:
     """
     Split a delivered message into its leading C{Received:} header (with
-    its continuation lines) and the rest.
+    its continuation lines) and the rest; the Maildir handler's delivery
+    headers before it, if any, are left out (see L{splitDelivery}).
 
     @raise AssertionError: the message does not start with C{Received:}.
     """
+    data = splitDelivery(data)[1]
     if not data.startswith(b"Received: "):
         raise AssertionError(f"message does not start with Received: {data[:80]!r}")
-    pos = data.index(b"\r\n") + 2
-    while data[pos : pos + 1] in (b" ", b"\t"):
-        pos = data.index(b"\r\n", pos) + 2
+    pos = _fieldEnd(data, 0)
     return data[:pos], data[pos:]
 
 

@@ -36,7 +36,14 @@ from esmtpkit import ESMTPFactory, Reply
 from esmtpkit.handlers import Maildir
 from esmtpkit.testing import LogCollector, dotStuff, parseReplies
 
-from .helpers import LOOPBACK, maildirFiles, splitReceived, tempDir, waitUntil
+from .helpers import (
+    LOOPBACK,
+    maildirFiles,
+    splitDelivery,
+    splitReceived,
+    tempDir,
+    waitUntil,
+)
 
 CLIENTS = 200
 
@@ -151,6 +158,7 @@ class ConcurrencyTests(TestCase):
 
     def setUp(self) -> None:
         self.maildir = tempDir(self) / "Maildir"
+        self.sentTo: dict[int, list[bytes]] = {}
         self.log = LogCollector()
         self.factory = ESMTPFactory(
             lambda: Maildir(str(self.maildir)),
@@ -208,6 +216,7 @@ class ConcurrencyTests(TestCase):
         recipients = [
             b"rcpt%d.%d@example.org" % (n, i) for i in range(rng.randint(1, 3))
         ]
+        self.sentTo[n] = recipients
         envelope = [b"MAIL FROM:<sender%d@example.com>\r\n" % n] + [
             b"RCPT TO:<%s>\r\n" % r for r in recipients
         ]
@@ -271,25 +280,39 @@ class ConcurrencyTests(TestCase):
 
     def assertDelivered(self, messages: dict[int, bytes]) -> None:
         """
-        C{new/} holds exactly C{messages}, each once and byte for byte, and
-        C{tmp/} is empty.
+        C{new/} holds exactly C{messages}, each once per recipient (its own
+        copy, with its C{Delivered-To:}) and byte for byte, and C{tmp/} is
+        empty.
         """
         expected = {sha(m): n for n, m in messages.items()}
         self.assertEqual(len(expected), len(messages), "test messages are not unique")
         delivered: dict[str, int] = {}
+        copies: dict[tuple[str, bytes], int] = {}
         for path in maildirFiles(self.maildir, "new"):
-            received, content = splitReceived(path.read_bytes())
+            data = path.read_bytes()
+            received, content = splitReceived(data)
             self.assertIn(b"mx.concurrency.test", received)
             digest = sha(content)
             self.assertIn(
                 digest, expected, f"{path.name}: not one of the messages sent"
             )
-            delivered[digest] = delivered.get(digest, 0) + 1
+            (to,) = [
+                line[len(b"Delivered-To: ") :]
+                for line in splitDelivery(data)[0].split(b"\r\n")
+                if line.startswith(b"Delivered-To: ")
+            ]
+            copies[digest, to] = copies.get((digest, to), 0) + 1
+            delivered[digest] = 1
         self.assertEqual(
             sorted(expected[d] for d in delivered), sorted(messages), "messages missing"
         )
         self.assertEqual(
-            [n for d, n in expected.items() if delivered[d] != 1], [], "delivered twice"
+            {n: sorted(to for (d, to) in copies if expected[d] == n) for n in messages},
+            {n: sorted(self.sentTo[n]) for n in messages},
+            "a recipient without its copy",
+        )
+        self.assertEqual(
+            [key for key, count in copies.items() if count != 1], [], "delivered twice"
         )
         self.assertEqual(maildirFiles(self.maildir, "tmp"), [])
         self.assertEqual(maildirFiles(self.maildir, "cur"), [])

@@ -3,10 +3,11 @@ LMTP with real clients: C{twistd esmtpkit --lmtp ...} (over TCP and a unix
 socket) as the delivery agent of a private Postfix (L{tests.postfix}), and
 driven by C{swaks --protocol LMTP} and Postfix's C{smtp-source -L}.
 
-The handler, L{SplitMaildir}, stores the message once in a Maildir and
-answers the end of data per recipient: C{refused@} gets 550 5.1.1,
-C{deferred@} 451 4.2.0, everyone else the Maildir's 250. Postfix must then
-deliver one recipient, bounce one and keep one in its deferred queue.
+The handler, L{SplitMaildir}, answers the end of data per recipient:
+C{refused@} gets 550 5.1.1, C{deferred@} 451 4.2.0 (both deleted from the
+envelope with C{transaction.modifications}, so not stored), everyone else
+the Maildir's 250 and a copy of their own. Postfix must then deliver one
+recipient, bounce one and keep one in its deferred queue.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class SplitMaildir(Maildir):
         if all(v is not None for v in verdicts):
             self._discard()
             return PerRecipient(verdicts)
+        for recipient, verdict in zip(transaction.recipients, verdicts, strict=True):
+            if verdict is not None:
+                transaction.modifications.deleteRecipient(recipient.address)
         stored = super().EOM()
 
         def split(reply: Any) -> PerRecipient:
@@ -183,6 +187,11 @@ def _deliverThree(postfix: PrivatePostfix, maildir: Path) -> None:
     assert len(files) == 1, files
     stored = files[0].read_bytes()
     assert b"with LMTP" in stored.split(b"\r\n\r\n")[0]
+    assert stored.startswith(
+        b"Return-Path: <alice@sender.test>\r\n"
+        b"X-Original-To: ok@example.org\r\n"
+        b"Delivered-To: ok@example.org\r\n"
+    )
     assert stored.endswith(MESSAGE.split(b"\r\n\r\n", 1)[1])
 
 
@@ -245,7 +254,7 @@ def test_swaks(lmtpOverTCP: tuple[str, Path, int]) -> None:
 def test_smtpSource(lmtpOverUnix: tuple[str, Path]) -> None:
     """
     Postfix's C{smtp-source -L} sends ten messages over LMTP on the unix
-    socket, two recipients each; every one is stored once.
+    socket, two recipients each; each recipient gets its own copy.
     """
     transport, maildir = lmtpOverUnix
     path = transport.split(":", 2)[2]
@@ -273,4 +282,12 @@ def test_smtpSource(lmtpOverUnix: tuple[str, Path]) -> None:
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert len(maildirFiles(maildir, "new")) == 10
+    files = maildirFiles(maildir, "new")
+    assert len(files) == 20
+    delivered = {
+        line
+        for path in files
+        for line in path.read_bytes().split(b"\r\n")
+        if line.startswith(b"Delivered-To: ")
+    }
+    assert len(delivered) == 2, delivered

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.threads import deferToThread
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import TestCase
 
@@ -22,7 +23,7 @@ from esmtpkit import ReplyError
 from esmtpkit.handlers import Maildir
 from esmtpkit.testing import SMTPTestConnection, dotStuff, parseReplies
 
-from .helpers import maildirFiles, splitReceived, tempDir, waitUntil
+from .helpers import maildirFiles, splitDelivery, splitReceived, tempDir, waitUntil
 
 MESSAGE = (
     b"From: Alice <alice@example.org>\r\n"
@@ -286,7 +287,9 @@ class MaildirFsyncTests(TestCase):
         tmp/ is empty afterwards.
         """
         path = tempDir(self) / "Maildir"
-        conn = SMTPTestConnection(lambda: Maildir(str(path), fsync=True))
+        conn = SMTPTestConnection(
+            lambda: Maildir(str(path), fsync=True), threadRunner=deferToThread
+        )
         conn.send(b"EHLO client.example\r\n")
         envelope = b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
         conn.send(envelope)
@@ -312,3 +315,115 @@ class MaildirFsyncTests(TestCase):
         self.assertEqual(stored, [MESSAGE + b"1\r\n", MESSAGE + b"2\r\n"])
         self.assertEqual(maildirFiles(path, "tmp"), [])
         self.assertTrue(os.path.isdir(path / "cur"))
+
+
+# -- a local delivery agent's headers ------------------------------------------
+
+
+def test_deliveryHeaders(tmp_path: Path) -> None:
+    """
+    Above its Received: header each message gets Return-Path with the
+    sender, X-Original-To and Delivered-To with the recipient, as a local
+    delivery agent writes them.
+    """
+    conn = _connect(tmp_path)
+    _startTransaction(conn)
+    assert conn.sendMessage(MESSAGE).code == 250
+    (path,) = maildirFiles(tmp_path, "new")
+    delivery, rest = splitDelivery(path.read_bytes())
+    assert delivery == (
+        b"Return-Path: <alice@example.org>\r\n"
+        b"X-Original-To: carol@example.net\r\n"
+        b"Delivered-To: carol@example.net\r\n"
+    )
+    assert rest.startswith(b"Received: from client.example")
+    assert splitReceived(rest)[1] == MESSAGE
+
+
+def test_copyPerRecipient(tmp_path: Path) -> None:
+    """
+    Each recipient gets its own copy with its own Delivered-To (as an LDA
+    delivering to several mailboxes); a recipient named twice (in any case)
+    gets one; the copies differ only in their delivery headers.
+    """
+    conn = _connect(tmp_path)
+    assert conn.command("MAIL FROM:<>").code == 250
+    for rcpt in ("bob@example.net", "carol@example.net", "BOB@example.net"):
+        assert conn.command(f"RCPT TO:<{rcpt}>").code == 250
+    assert conn.sendMessage(MESSAGE).code == 250
+    copies = [splitDelivery(p.read_bytes()) for p in maildirFiles(tmp_path, "new")]
+    assert sorted(delivery for delivery, _ in copies) == [
+        b"Return-Path: <>\r\nX-Original-To: %s\r\nDelivered-To: %s\r\n" % (a, a)
+        for a in (b"bob@example.net", b"carol@example.net")
+    ]
+    assert copies[0][1] == copies[1][1]
+    assert splitReceived(copies[0][1])[1] == MESSAGE
+    assert maildirFiles(tmp_path, "tmp") == []
+
+
+def test_originalRecipientFromORCPT(tmp_path: Path) -> None:
+    """
+    X-Original-To gives the address of the recipient's ORCPT parameter
+    (RFC 3461) when it is an rfc822 mailbox; an ORCPT of another type, or
+    one that is no mailbox, is not used.
+    """
+    conn = _connect(tmp_path)
+    assert conn.command("MAIL FROM:<alice@example.org>").code == 250
+    for rcpt in (
+        "<a@example.net> ORCPT=rfc822;first@example.org",
+        "<b@example.net> ORCPT=x400;c+3Dus",
+        "<c@example.net> ORCPT=rfc822;not+20a+20mailbox",
+    ):
+        assert conn.command(f"RCPT TO:{rcpt}").code == 250
+    assert conn.sendMessage(b"Subject: dsn\r\n\r\nbody\r\n").code == 250
+    headers = sorted(
+        splitDelivery(p.read_bytes())[0].split(b"\r\n")[1:3]
+        for p in maildirFiles(tmp_path, "new")
+    )
+    assert sorted(headers, key=lambda h: h[1]) == [
+        [b"X-Original-To: first@example.org", b"Delivered-To: a@example.net"],
+        [b"X-Original-To: b@example.net", b"Delivered-To: b@example.net"],
+        [b"X-Original-To: c@example.net", b"Delivered-To: c@example.net"],
+    ]
+
+
+def test_deliveryHeadersOff(tmp_path: Path) -> None:
+    """
+    With the delivery headers off the handler is a catch-all mailbox: one
+    file per message, whatever the number of recipients, starting with the
+    Received: header.
+    """
+    conn = SMTPTestConnection(
+        lambda: Maildir(
+            str(tmp_path),
+            fsync=False,
+            returnPath=False,
+            deliveredTo=False,
+            originalTo=False,
+        )
+    )
+    assert conn.command("EHLO client.example").code == 250
+    _startTransaction(conn)
+    assert conn.command("RCPT TO:<dave@example.net>").code == 250
+    assert conn.sendMessage(MESSAGE).code == 250
+    (path,) = maildirFiles(tmp_path, "new")
+    data = path.read_bytes()
+    assert data.startswith(b"Received: ")
+    assert splitReceived(data)[1] == MESSAGE
+
+
+def test_returnPathOnly(tmp_path: Path) -> None:
+    """
+    Return-Path alone keeps one file for all recipients.
+    """
+    conn = SMTPTestConnection(
+        lambda: Maildir(str(tmp_path), fsync=False, deliveredTo=False, originalTo=False)
+    )
+    assert conn.command("EHLO client.example").code == 250
+    _startTransaction(conn)
+    assert conn.command("RCPT TO:<dave@example.net>").code == 250
+    assert conn.sendMessage(MESSAGE).code == 250
+    (path,) = maildirFiles(tmp_path, "new")
+    delivery, rest = splitDelivery(path.read_bytes())
+    assert delivery == b"Return-Path: <alice@example.org>\r\n"
+    assert splitReceived(rest)[1] == MESSAGE

@@ -3,9 +3,10 @@ L{Content}: a message's content on its way to the handler, whatever wire
 brought it.
 
 A face hands over what its framing found: header lines (L{headerLine}), a
-whole plain header section (L{headerSection}), content bytes of unknown
-shape (L{feed}: header lines are split out of them), body bytes (L{body}),
-and the end (L{finish}). The pipeline unfolds the header fields, calls
+whole plain header section (L{headerSection}), header fields its wire has
+parsed already (L{header}: a milter's name and value), content bytes of
+unknown shape (L{feed}: header lines are split out of them), body bytes
+(L{body}), and the end (L{finish}). The pipeline unfolds the header fields, calls
 HEADER, EOH, BODY (in chunks of at most C{settings.chunkSize}) and finally
 EOM through the hook queue, counts every byte against the size limits, and
 refuses the message when a limit is passed or a content hook refuses.
@@ -32,12 +33,25 @@ if TYPE_CHECKING:
     from .conversation import Conversation
     from .results import MessageResult
 
-__all__ = ["Content", "TOO_BIG", "HEADERS_TOO_BIG"]
+__all__ = ["Content", "TOO_BIG", "HEADERS_TOO_BIG", "SKIP_BODY"]
 
 TOO_BIG = Reply(
     552, "Message size exceeds fixed maximum message size", enhanced="5.3.4"
 )
 HEADERS_TOO_BIG = Reply(552, "Message header section too large", enhanced="5.3.4")
+
+
+class _SkipBody:
+    def __repr__(self) -> str:
+        return "SKIP_BODY"
+
+
+SKIP_BODY: Any = _SkipBody()
+"""
+What a BODY hook returns to say it wants no more of this message's body:
+BODY is not called again for it (the bytes are still counted), and a
+milter face tells the MTA to stop sending them (SMFIR_SKIP).
+"""
 
 
 class Content:
@@ -50,6 +64,7 @@ class Content:
     @ivar inHeaders: whether the header section is still being read.
     @ivar size: the content bytes counted so far.
     @ivar failure: the reply that refuses the message, once refused.
+    @ivar skipBody: whether BODY returned L{SKIP_BODY}: it gets no more.
     """
 
     __slots__ = (
@@ -59,6 +74,7 @@ class Content:
         "inHeaders",
         "size",
         "failure",
+        "skipBody",
         "_parser",
         "_rawHeaders",
         "_partial",
@@ -75,6 +91,7 @@ class Content:
         self.inHeaders = True
         self.size = 0
         self.failure: Reply | None = None
+        self.skipBody = False
         # Made for the first header line read alone (see headerLine).
         self._parser: HeaderParser | None = None
         self._rawHeaders = bytearray()
@@ -149,6 +166,33 @@ class Content:
             return False
         return True
 
+    def header(self, name: str, value: str, raw: bytes) -> None:
+        """
+        One header field that the wire has parsed already (a milter gives
+        name and value, not lines): the effect is that of L{headerLine} for
+        its lines.
+
+        @param value: the value as L{Transaction.headers
+            <esmtpkit.session.Transaction.headers>} holds it (unfolded, no
+            leading white space).
+        @param raw: the field as it stands in the message, line endings
+            included (kept in the raw headers and counted).
+        """
+        if not self.inHeaders or self.failure is not None:
+            self.count(len(raw))
+            return
+        self._rawHeaders += raw
+        if not self.count(len(raw)):
+            return
+        if len(self._rawHeaders) > self._conversation.settings.maxHeaderSize:
+            self.refuse(HEADERS_TOO_BIG, "header-size")
+            return
+        field = (name, value)
+        if "HEADER" in self._conversation.skippable:
+            self.transaction.headers.append(field)
+        else:
+            self._conversation.hooks.later(lambda: self._contentHook("HEADER", field))
+
     def headerTooLong(self) -> None:
         """
         A header line longer than the header section may be: refuse the
@@ -191,11 +235,17 @@ class Content:
         else:
             self._partial = rest
 
-    def endHeaders(self) -> None:
+    def endHeaders(self, separator: bytes = b"") -> None:
         """
         The header section is over: EOH comes next.
+
+        @param separator: the empty line that ended it, if the face has not
+            handed it over already (kept in the raw headers and counted).
         """
         self.inHeaders = False
+        if separator and self.failure is None:
+            self._rawHeaders += separator
+            self.count(len(separator))
         if self.failure is not None:
             return
         hooks = self._conversation.hooks
@@ -226,8 +276,8 @@ class Content:
         if data and not self.count(len(data)):
             return
         conversation = self._conversation
-        if "BODY" in conversation.skippable:
-            return  # no BODY hook: counted, nothing to hand over
+        if "BODY" in conversation.skippable or self.skipBody:
+            return  # no BODY hook (any more): counted, nothing to hand over
         if self._bodyPos < len(self._bodyQueue):
             data = self._bodyQueue[self._bodyPos :] + data
         self._bodyQueue = data
@@ -311,7 +361,7 @@ class Content:
         Call HEADER, EOH or BODY unless the message was already refused; a
         failure refuses the message.
         """
-        if self.failure is not None:
+        if self.failure is not None or (self.skipBody and name == "BODY"):
             return
         if name == "HEADER":
             self.transaction.headers.append(args)  # type: ignore[arg-type]
@@ -322,5 +372,7 @@ class Content:
         def done(value: Any) -> None:
             if isinstance(value, Failure):
                 self.refuse(hooks.failureReply(name, value))
+            elif value is SKIP_BODY and name == "BODY":
+                self.skipBody = True
 
         hooks.invoke(name, args, done)

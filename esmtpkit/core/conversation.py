@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.python.failure import Failure
 
-from ..handler import skippableHooks
+from ..handler import skippableFor
 from ..interfaces import IESMTPHandler
 from ..reply import Reply
 from ..session import Params, Recipient
@@ -114,7 +114,7 @@ class Conversation:
                 notify(session, failure)
             return False
         self.handler = handler
-        self.skippable = skippableHooks(type(handler))
+        self.skippable = skippableFor(handler)
         self.hooks = HookRunner(handler, self, flow)
         return True
 

@@ -25,7 +25,7 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from ..handler import defaultReply
+from ..handler import NO_OPINION, defaultReply
 from ..reply import Reply, ReplyError, toReply
 from .results import PerRecipient
 
@@ -329,7 +329,7 @@ class HookRunner:
             return value  # type: ignore[return-value]
         if isinstance(value, Failure):
             reply = self.failureReply(name, value)
-        elif value is None:
+        elif value is None or value is NO_OPINION:
             reply = defaultReply(name, self.handler, args)
         else:
             try:

@@ -46,8 +46,9 @@ class HeaderChange(NamedTuple):
         C{"insert"} (put it before the header at C{index}, 0 the first; an
         index past the end appends) or C{"change"} (replace the value of the
         C{index}-th header named C{name}, counting from 1 and ignoring case;
-        a value of L{None} deletes that header; no such header: nothing
-        happens, as with a milter).
+        a value of L{None} deletes that header; no such header: a deletion
+        does nothing and a new value is added after the last header, as
+        Sendmail and Postfix do with a milter's change).
     """
 
     kind: str
@@ -67,10 +68,22 @@ class Modifications:
     @ivar added: recipients to add, C{(address, params)}, in order.
     @ivar deleted: recipient addresses to delete (compared without regard to
         case), in order.
+    @ivar recipientChanges: the additions and deletions together, in the
+        order they were asked for: C{("add", address, params)} or
+        C{("delete", address, None)}. A deletion removes every recipient of
+        that address known at that point, an added one included.
     @ivar quarantine: the reason the message is to be held, or L{None}.
     """
 
-    __slots__ = ("headers", "body", "sender", "added", "deleted", "quarantine")
+    __slots__ = (
+        "headers",
+        "body",
+        "sender",
+        "added",
+        "deleted",
+        "recipientChanges",
+        "quarantine",
+    )
 
     def __init__(self) -> None:
         self.headers: list[HeaderChange] = []
@@ -78,6 +91,7 @@ class Modifications:
         self.sender: tuple[str, Params] | None = None
         self.added: list[tuple[str, Params]] = []
         self.deleted: list[str] = []
+        self.recipientChanges: list[tuple[str, str, Params | None]] = []
         self.quarantine: str | None = None
 
     def __bool__(self) -> bool:
@@ -94,7 +108,7 @@ class Modifications:
         parts = [
             f"{name}={getattr(self, name)!r}"
             for name in self.__slots__
-            if getattr(self, name) not in (None, [])
+            if name != "recipientChanges" and getattr(self, name) not in (None, [])
         ]
         return f"Modifications({', '.join(parts)})"
 
@@ -116,7 +130,9 @@ class Modifications:
     def changeHeader(self, name: str, value: str | None, index: int = 1) -> None:
         """
         Replace the value of the C{index}-th header called C{name} (1 the
-        first); L{None} deletes it.
+        first, names compared without regard to case); L{None} deletes it.
+        With fewer such headers, a deletion does nothing and a new value is
+        added after the last header (what Sendmail and Postfix do).
         """
         if index < 1:
             raise ValueError(f"header occurrence {index} is not 1 or more")
@@ -148,15 +164,19 @@ class Modifications:
         """
         Add an envelope recipient with its ESMTP parameters.
         """
-        self.added.append(
-            (_address(address), params if params is not None else _noParams())
-        )
+        added = (_address(address), params if params is not None else _noParams())
+        self.added.append(added)
+        self.recipientChanges.append(("add", *added))
 
     def deleteRecipient(self, address: str) -> None:
         """
-        Delete an envelope recipient (one accepted at RCPT, or one added).
+        Delete an envelope recipient: every recipient of that address
+        (compared without regard to case) accepted at RCPT or added before
+        this call.
         """
-        self.deleted.append(_address(address))
+        address = _address(address)
+        self.deleted.append(address)
+        self.recipientChanges.append(("delete", address, None))
 
     def quarantineMessage(self, reason: str) -> None:
         """
@@ -168,7 +188,8 @@ class Modifications:
 
 
 def _name(name: str) -> str:
-    if not name or any(c <= " " or c == ":" or c == "\x7f" for c in name):
+    # RFC 5322 section 3.6.8: printable US-ASCII except the colon.
+    if not name or any(not "!" <= c <= "~" or c == ":" for c in name):
         raise ValueError(f"{name!r} is not a header field name")
     return name
 
@@ -176,6 +197,10 @@ def _name(name: str) -> str:
 def _value(value: str) -> str:
     if "\0" in value:
         raise ValueError("a header value cannot hold a NUL")
+    try:
+        value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise ValueError(f"{value!r} cannot be written as bytes") from None
     return value
 
 

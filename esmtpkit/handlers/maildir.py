@@ -1,5 +1,6 @@
 """
-L{Maildir}: deliver every message into a Maildir folder.
+L{Maildir}: deliver every message into a Maildir folder, as a local
+delivery agent does.
 """
 
 from __future__ import annotations
@@ -9,18 +10,32 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import Any
 
-from twisted.internet import threads
-from twisted.internet.defer import Deferred, succeed
-from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
+from ..core.rewrite import ModifiedMessage, formatHeader
 from ..handler import ESMTPHandler
 from ..received import receivedHeader
-from ..reply import HookResult
+from ..reply import HookResult, ReplyError
+from ..session import Recipient
+from ..smtp.address import isValidMailbox
+from .delivery import (
+    STORAGE_FAILED,
+    Commit,
+    MessageFiles,
+    createFile,
+    fsyncDirectory,
+    log,
+    logStorageError,
+    writeAll,
+)
+from .options import HandlerOptions
 
-__all__ = ["Maildir"]
+__all__ = ["Maildir", "QUARANTINE_HEADER", "originalRecipient"]
+
+QUARANTINE_HEADER = "X-Esmtpkit-Quarantine"
+"""The header, first in a quarantined message, that gives the reason."""
 
 _counter = itertools.count()
 
@@ -36,33 +51,111 @@ def _uniqueName() -> str:
     )
 
 
+def _headerAddress(address: str) -> str:
+    # Addresses come from the client (or a handler): no control character
+    # may reach a header line.
+    return "".join("?" if not c.isprintable() else c for c in address)
+
+
+def originalRecipient(recipient: Recipient, utf8: bool = False) -> str:
+    """
+    The address a recipient had before anyone rewrote it: that of its
+    C{ORCPT} parameter (RFC 3461) when it is a valid C{rfc822} one, else
+    its own.
+    """
+    orcpt = recipient.params.get("ORCPT") or ""
+    kind, _, address = orcpt.partition(";")
+    if kind.strip().lower() == "rfc822" and isValidMailbox(address.strip(), utf8):
+        return address.strip()
+    return recipient.address
+
+
+class MaildirOptions(HandlerOptions):
+    """
+    The options of L{Maildir} (C{--handler-option key=value}).
+    """
+
+    optParameters = [
+        ["path", None, None, "The Maildir folder (default: --maildir, else Maildir)."],
+        [
+            "quarantine-folder",
+            None,
+            ".Quarantine",
+            "Sub-folder of quarantined messages.",
+        ],
+    ]
+    optFlags = [
+        ["no-fsync", None, "Do not flush messages to stable storage (unsafe)."],
+        ["no-return-path", None, "Do not write a Return-Path: header."],
+        ["no-delivered-to", None, "Do not write Delivered-To: headers."],
+        ["no-original-to", None, "Do not write X-Original-To: headers."],
+    ]
+
+    def postOptions(self) -> None:
+        folder = self["quarantine-folder"]
+        if not folder or "/" in folder or folder in (".", "..", "tmp", "new", "cur"):
+            raise UsageError(f"quarantine-folder {folder!r} is not a sub-folder name")
+
+
 class Maildir(ESMTPHandler):
     """
-    Writes each message, after a C{Received:} header, into C{tmp/} of a
-    Maildir as it streams in, and on EOM flushes it to disk and moves it
-    into C{new/} before answering 250. A message that does not complete
-    leaves nothing behind: not one aborted (ABORT, DISCONNECT), nor one
-    whose EOM is cancelled while the flush runs (a hook timeout, the
-    shutdown deadline), which is then removed instead of moved.
+    Delivers each message into a Maildir, as a local delivery agent does:
+    a C{Return-Path:} header, then per recipient C{X-Original-To:} and
+    C{Delivered-To:}, then a C{Received:} header, then the message exactly
+    as received (or as the handler's L{modifications
+    <esmtpkit.session.Transaction.modifications>} made it).
 
-    One message per transaction, whatever the number of recipients: this is
-    a catch-all mailbox.
+    The message streams into C{tmp/} as it arrives; at EOM it is flushed to
+    disk, moved into C{new/} and the directory flushed (batched across the
+    messages committed in the same moment) before the 250. With the
+    per-recipient headers on, each recipient gets its own copy (one file
+    each, as when an LDA delivers to several mailboxes), all moved into
+    C{new/} together or not at all. A quarantined message goes to the
+    C{.Quarantine} folder (a Maildir++ sub-folder) with the reason in an
+    L{QUARANTINE_HEADER} header.
+
+    A message that does not complete leaves nothing behind: not one
+    aborted (ABORT, DISCONNECT), nor one whose EOM is cancelled while it is
+    committed (a hook timeout, the shutdown deadline), which is then
+    removed instead. A full disk or a folder that cannot be written gets
+    C{452 4.3.1} and leaves no file either.
     """
 
+    Options = MaildirOptions
     _prepared: set[str] = set()
 
-    def __init__(self, path: str = "Maildir", fsync: bool = True) -> None:
+    def __init__(
+        self,
+        path: str = "Maildir",
+        fsync: bool = True,
+        returnPath: bool = True,
+        deliveredTo: bool = True,
+        originalTo: bool = True,
+        quarantineFolder: str = ".Quarantine",
+    ) -> None:
         """
         @param path: the Maildir folder; it and its C{tmp}, C{new} and
             C{cur} sub-folders are created if missing.
-        @param fsync: flush each message to stable storage before accepting
-            it (in a thread, so the server goes on serving meanwhile).
+        @param fsync: flush each message and C{new/} to stable storage
+            before accepting it (in a thread, so the server goes on serving
+            meanwhile). Without it all file work happens at once in EOM.
+        @param returnPath: write C{Return-Path: <sender>} first.
+        @param deliveredTo: write C{Delivered-To: recipient}; each recipient
+            gets its own copy of the message.
+        @param originalTo: write C{X-Original-To:} with the recipient's
+            original address (its C{ORCPT}, else the address itself); each
+            recipient gets its own copy of the message.
+        @param quarantineFolder: the sub-folder (in C{path}) of quarantined
+            messages, made when first needed.
         """
         self.path = os.path.abspath(path)
         self.fsync = fsync
-        self._file: IO[bytes] | None = None
-        self._tmpPath = ""
-        self._commit: _Commit | None = None
+        self.returnPath = returnPath
+        self.deliveredTo = deliveredTo
+        self.originalTo = originalTo
+        self.quarantineFolder = quarantineFolder
+        self._files: MessageFiles | None = None
+        self._commit: Commit | None = None
         if self.path not in self._prepared:
             for sub in ("tmp", "new", "cur"):
                 os.makedirs(os.path.join(self.path, sub), exist_ok=True)
@@ -71,52 +164,176 @@ class Maildir(ESMTPHandler):
     @classmethod
     def fromOptions(cls, options: Mapping[str, Any]) -> Any:
         """
-        The handler factory for C{twistd esmtpkit}: C{--maildir} names the
-        folder.
+        The handler factory for C{twistd esmtpkit} without
+        C{--handler-option}: C{--maildir} names the folder.
         """
-        path = options.get("maildir") or "Maildir"
+        return cls._factory(options.get("maildir") or "Maildir", {}, "--maildir")
+
+    @classmethod
+    def fromHandlerOptions(cls, options: MaildirOptions) -> Any:
+        """
+        The handler factory for C{--handler-option}: C{path=} (or the older
+        spelling C{--maildir}) names the folder.
+        """
+        path = options["path"] or options.serverOptions.get("maildir") or "Maildir"
+        keywords = {
+            "fsync": not options["no-fsync"],
+            "returnPath": not options["no-return-path"],
+            "deliveredTo": not options["no-delivered-to"],
+            "originalTo": not options["no-original-to"],
+            "quarantineFolder": options["quarantine-folder"],
+        }
+        return cls._factory(path, keywords, "path")
+
+    @classmethod
+    def _factory(cls, path: str, keywords: dict[str, Any], what: str) -> Any:
         try:
-            cls(path)  # create the folders now, so a bad path fails at start-up
+            cls(path, **keywords)  # make the folders now: a bad path fails here
         except OSError as e:
-            raise UsageError(f"--maildir {path}: {e.strerror}") from None
-        return lambda: cls(path)
+            raise UsageError(f"{what} {path}: {e.strerror}") from None
+        return lambda: cls(path, **keywords)
+
+    @property
+    def perRecipient(self) -> bool:
+        """
+        Whether each recipient gets its own copy (its own delivery headers).
+        """
+        return self.deliveredTo or self.originalTo
+
+    def deliveryHeaders(
+        self, sender: str, recipient: Recipient | None, quarantine: str | None = None
+    ) -> bytes:
+        """
+        The headers this handler writes above the C{Received:} header of
+        the copy for C{recipient} (L{None}: the one copy for all).
+        """
+        headers = []
+        if quarantine is not None:
+            headers.append(formatHeader(QUARANTINE_HEADER, quarantine))
+        if self.returnPath:
+            headers.append(formatHeader("Return-Path", f"<{_headerAddress(sender)}>"))
+        if recipient is not None:
+            utf8 = "SMTPUTF8" in self._mailParams()
+            if self.originalTo:
+                original = originalRecipient(recipient, utf8)
+                headers.append(formatHeader("X-Original-To", _headerAddress(original)))
+            if self.deliveredTo:
+                address = _headerAddress(recipient.address)
+                headers.append(formatHeader("Delivered-To", address))
+        return b"".join(headers)
+
+    def _mailParams(self) -> Mapping[str, Any]:
+        transaction = self.session.transaction
+        return transaction.mailParams if transaction is not None else {}
+
+    def _storageError(self, error: OSError) -> ReplyError:
+        transaction = self.session.transaction
+        logStorageError(transaction.id if transaction else self.session.id, error)
+        return ReplyError(STORAGE_FAILED)
 
     def DATA(self) -> HookResult:
         transaction = self.session.transaction
         assert transaction is not None
-        name = _uniqueName()
-        self._tmpPath = os.path.join(self.path, "tmp", name)
-        self._file = open(self._tmpPath, "xb")
-        self._file.write(receivedHeader(self.session, transaction))
+        self._discard()  # a DATA refused after this one started a file
+        first = transaction.recipients[0] if self.perRecipient else None
+        prefix = self.deliveryHeaders(transaction.sender, first)
+        received = receivedHeader(self.session, transaction)
+        path = os.path.join(self.path, "tmp", _uniqueName())
+        try:
+            fd = createFile(path)
+        except OSError as e:
+            raise self._storageError(e) from None
+        self._files = MessageFiles(fd, path, prefix, len(prefix) + len(received))
+        self._write(prefix + received)
         return super().DATA()
+
+    def _write(self, data: bytes) -> None:
+        files = self._files
+        assert files is not None and files.spool is not None
+        try:
+            writeAll(files.spool, data)
+        except OSError as e:
+            # No more content hooks come after this refusal: nothing stays.
+            self._files = None
+            files.closeAll()
+            files.remove()
+            raise self._storageError(e) from None
 
     def EOH(self) -> None:
         transaction = self.session.transaction
-        assert self._file is not None and transaction is not None
-        self._file.write(transaction.rawHeaders)
+        assert self._files is not None and transaction is not None
+        self._files.bodyOffset = self._files.headerOffset + len(transaction.rawHeaders)
+        self._write(transaction.rawHeaders)
 
     def BODY(self, chunk: bytes) -> None:
-        assert self._file is not None
-        self._file.write(chunk)
+        self._write(chunk)
 
     def EOM(self) -> HookResult:
-        assert self._file is not None
-        file, tmpPath = self._file, self._tmpPath
-        self._file = None
-        self._tmpPath = ""
-        newPath = os.path.join(self.path, "new", os.path.basename(tmpPath))
+        transaction = self.session.transaction
+        files = self._files
+        assert files is not None and transaction is not None
+        self._files = None
         reply = super().EOM()
+        message = ModifiedMessage(transaction)
+        envelope = message.envelope
+        recipients: list[Recipient | None]
+        if self.perRecipient:
+            recipients = list(_distinct(envelope.recipients))
+        else:
+            recipients = [None] if envelope.recipients else []
+        if not recipients:
+            log.info(
+                "Maildir: {id}: every recipient was deleted; nothing stored",
+                id=transaction.id,
+            )
+            files.closeAll()
+            files.remove()
+            return reply
+        prefixes = [
+            self.deliveryHeaders(envelope.sender, r, message.quarantine)
+            for r in recipients
+        ]
+        folder = self.path
+        if message.quarantine is not None:
+            folder = os.path.join(self.path, self.quarantineFolder)
+        newDir = os.path.join(folder, "new")
+        tmpDir = os.path.join(self.path, "tmp")
+
+        def build() -> None:
+            if message.quarantine is not None:
+                self._makeFolder(folder)
+            files.build(
+                prefixes,
+                message,
+                lambda: os.path.join(tmpDir, _uniqueName()),
+                self.fsync,
+            )
+
         if not self.fsync:
             try:
-                file.close()
-                os.rename(tmpPath, newPath)
-            except BaseException:
-                file.close()
-                _unlink(tmpPath)
-                raise
+                build()
+                files.move(newDir)
+            except OSError as e:
+                files.closeAll()
+                files.remove()
+                logStorageError(transaction.id, e)
+                return STORAGE_FAILED
             return reply
-        commit = self._commit = _Commit(file, tmpPath, newPath)
+        commit = self._commit = Commit(files, build, newDir, transaction.id)
         return commit.start(reply)
+
+    def _makeFolder(self, folder: str) -> None:
+        # A Maildir++ sub-folder: tmp/, new/, cur/ and the maildirfolder
+        # marker; its entries flushed so that it survives a crash.
+        if os.path.isdir(os.path.join(folder, "new")):
+            return
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(folder, sub), exist_ok=True)
+        marker = os.path.join(folder, "maildirfolder")
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+        if self.fsync:
+            fsyncDirectory(folder)
+            fsyncDirectory(os.path.dirname(folder))
 
     def ABORT(self) -> HookResult:
         return self._discard()
@@ -124,92 +341,27 @@ class Maildir(ESMTPHandler):
     def DISCONNECT(self) -> HookResult:
         return self._discard()
 
-    def _discard(self) -> Deferred[None] | None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            _unlink(self._tmpPath)
-            self._tmpPath = ""
+    def _discard(self) -> Any:
+        files, self._files = self._files, None
+        if files is not None:
+            files.closeAll()
+            files.remove()
         commit, self._commit = self._commit, None
         if commit is not None and not commit.finished:
             # An EOM whose answer was not taken (cancelled): wait until its
-            # flush is over and the file is gone.
+            # work is over and the files are gone.
             return commit.wait()
         return None
 
 
-class _Commit:
-    """
-    Delivers one message: the flush to stable storage runs in a thread,
-    then, back in the reactor thread, the file is moved into C{new/} and
-    the EOM's Deferred fires with its reply -- unless that Deferred was
-    cancelled meanwhile (a hook timeout, the shutdown deadline), in which
-    case the file is removed instead: a message is in C{new/} only if its
-    acknowledgement could still go out.
-    """
-
-    def __init__(self, file: IO[bytes], tmpPath: str, newPath: str) -> None:
-        self._file = file
-        self._tmpPath = tmpPath
-        self._newPath = newPath
-        self._cancelled = False
-        self.finished = False
-        self._waiting: list[Deferred[None]] = []
-
-    def start(self, reply: HookResult) -> Deferred[HookResult]:
-        result: Deferred[HookResult] = Deferred(self._cancel)
-        synced = threads.deferToThread(self._sync)
-        synced.addBoth(self._synced, result, reply)
-        return result
-
-    def _cancel(self, result: Deferred[HookResult]) -> None:
-        # The canceller: the file is dealt with once the thread is done
-        # with it; the Deferred fails with CancelledError meanwhile.
-        self._cancelled = True
-
-    def _sync(self) -> None:
-        # In a thread; the reactor thread does not touch the file until
-        # this is over.
-        file = self._file
-        file.flush()
-        os.fsync(file.fileno())
-
-    def _synced(
-        self, outcome: object, result: Deferred[HookResult], reply: HookResult
-    ) -> None:
-        failure: Failure | None = outcome if isinstance(outcome, Failure) else None
-        try:
-            self._file.close()
-            if failure is None and not self._cancelled:
-                os.rename(self._tmpPath, self._newPath)
-        except BaseException:
-            failure = Failure()
-        if failure is not None or self._cancelled:
-            _unlink(self._tmpPath)
-        self.finished = True
-        waiting, self._waiting = self._waiting, []
-        for deferred in waiting:
-            deferred.callback(None)
-        if self._cancelled:
-            return  # the result failed with CancelledError already
-        if failure is not None:
-            result.errback(failure)
-        else:
-            result.callback(reply)
-
-    def wait(self) -> Deferred[None]:
-        """
-        A Deferred that fires when the message is in C{new/} or removed.
-        """
-        if self.finished:
-            return succeed(None)
-        deferred: Deferred[None] = Deferred()
-        self._waiting.append(deferred)
-        return deferred
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+def _distinct(recipients: tuple[Recipient, ...]) -> list[Recipient]:
+    # One copy per address (compared without regard to case), as an LDA
+    # delivers once per mailbox.
+    seen: set[str] = set()
+    kept = []
+    for recipient in recipients:
+        key = recipient.address.casefold()
+        if key not in seen:
+            seen.add(key)
+            kept.append(recipient)
+    return kept

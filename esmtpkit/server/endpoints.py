@@ -1,10 +1,13 @@
 """
 Endpoint descriptions for esmtpkit listeners: Twisted's strports, with
-three additions.
+four additions.
 
   - C{lmtp:...} serves LMTP (RFC 2033) instead of SMTP on the endpoint
     that follows (C{lmtp:unix:/run/esmtpkit/lmtp.sock},
-    C{lmtp:tcp:2424:interface=127.0.0.1}); see L{splitWire}.
+    C{lmtp:tcp:2424:interface=127.0.0.1}); C{milter:...} serves the
+    handler as a milter to Postfix or Sendmail
+    (C{milter:tcp:8890:interface=127.0.0.1}, C{milter:unix:/path}); see
+    L{splitWire}.
   - C{ssl:PORT} without C{privateKey=} is implicit TLS (RFC 8314) with the
     server's own certificate files (C{--tls-cert}/C{--tls-key}), which
     SIGHUP reloads like those of STARTTLS.
@@ -50,13 +53,21 @@ smtpd_upstream_proxy_timeout).
 """
 
 
+WIRES = ("lmtp", "milter")
+"""
+The wires a port description may ask for with a prefix (SMTP has none).
+"""
+
+
 def splitWire(description: str) -> tuple[str, str]:
     """
     The wire a port description asks for, C{"lmtp"} with an C{lmtp:}
-    prefix or C{"smtp"}, and the endpoint description without the prefix.
+    prefix, C{"milter"} with a C{milter:} prefix, or C{"smtp"}, and the
+    endpoint description without the prefix.
     """
-    if description.startswith("lmtp:"):
-        return "lmtp", description[len("lmtp:") :]
+    for wire in WIRES:
+        if description.startswith(wire + ":"):
+            return wire, description[len(wire) + 1 :]
     return "smtp", description
 
 

@@ -134,9 +134,10 @@ class ESMTPFactory(ServerFactory):
         self.draining: Drain | None = None
 
     @property
-    def connections(self) -> dict[SMTPConnection, None]:
+    def connections(self) -> dict[SMTPConnection, str]:
         """
-        The open connections (the keys of a dict, in the order they opened).
+        The open connections (the keys of a dict, in the order they opened;
+        each to the peer address it counts for).
         """
         return self.context.limits.connections
 

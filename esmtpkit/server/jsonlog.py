@@ -20,7 +20,13 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
-__all__ = ["JSONLogObserver", "eventAsJSONLine", "twistdLogObserver", "FORMATS"]
+__all__ = [
+    "JSONLogObserver",
+    "eventAsJSONLine",
+    "twistdLogObserver",
+    "logAsJSON",
+    "FORMATS",
+]
 
 FORMATS = ("text", "json")
 
@@ -80,3 +86,30 @@ def twistdLogObserver(twistdOptions: Any) -> JSONLogObserver:
     if name == "-" or (twistdOptions.get("nodaemon") and not name):
         return JSONLogObserver(sys.stdout)
     return JSONLogObserver(LogFile.fromFullPath(name or "twistd.log"))  # type: ignore[arg-type]
+
+
+def logAsJSON(service: Any, options: Any) -> None:
+    """
+    Under C{twistd} (and C{python -m esmtpkit}), make the application
+    C{service} joins log as JSON: twistd takes the application's
+    L{ILogObserver} component when it starts logging. (Under C{twist},
+    its own C{--log-format json} does it.)
+    """
+    from .startup import StartupError
+
+    parent = getattr(options, "parent", None)
+    if parent is None or "nodaemon" not in parent:
+        return
+    try:
+        observer = twistdLogObserver(parent)
+    except ValueError as e:
+        raise StartupError(str(e)) from None
+    setServiceParent = service.setServiceParent
+
+    def joined(application: Any) -> None:
+        setComponent = getattr(application, "setComponent", None)
+        if setComponent is not None:
+            setComponent(ILogObserver, observer)
+        setServiceParent(application)
+
+    service.setServiceParent = joined  # type: ignore[method-assign]

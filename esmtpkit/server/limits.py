@@ -45,7 +45,7 @@ class ConnectionLimits:
         self._settings = settings
         # A dict used as an insertion-ordered set: at 10,000 connections a
         # dict takes 29 bytes per entry, a set 52.
-        self.connections: dict[Any, None] = {}
+        self.connections: dict[Any, str] = {}  # to the peer counted
         self.ending: dict[Any, None] = {}
         self.drain: Drain | None = None
         self._perPeer: dict[str, int] = {}
@@ -71,7 +71,9 @@ class ConnectionLimits:
         """
         settings = self._settings
         peer = connection.session.peerHost
-        self.connections[connection] = None
+        # The peer is kept: a face may learn the client's address later (a
+        # milter's session gets it from the MTA), and must not move counts.
+        self.connections[connection] = peer
         count = self._perPeer[peer] = self._perPeer.get(peer, 0) + 1
         host = settings.hostname
         if self.drain is not None:
@@ -98,9 +100,8 @@ class ConnectionLimits:
         returns whether none is left open.
         """
         if connection in self.connections:
-            del self.connections[connection]
+            peer = self.connections.pop(connection)
             self.ending[connection] = None
-            peer = connection.session.peerHost
             count = self._perPeer.get(peer, 0) - 1
             if count > 0:
                 self._perPeer[peer] = count

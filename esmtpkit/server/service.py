@@ -44,6 +44,9 @@ class ESMTPService(MultiService):
     @ivar factory: the L{ESMTPFactory} shared by all SMTP endpoints.
     @ivar lmtpFactory: the L{LMTPFactory} of the C{lmtp:} endpoints (with
         the same settings and observers), or L{None} if there are none.
+    @ivar milterFactory: the L{MilterFactory
+        <esmtpkit.milter.factory.MilterFactory>} of the C{milter:} endpoints,
+        or L{None} if there are none.
 
     L{stopService} shuts down gracefully: the listeners stop at once, then
     every factory's connections are drained (L{ESMTPFactory.drain}) within
@@ -72,7 +75,8 @@ class ESMTPService(MultiService):
             C{privateKey=} uses C{tls}; behind C{haproxy:} the session starts
             once the PROXY header has been read, with the client's address;
             C{lmtp:} before any of them serves LMTP there instead of SMTP
-            (C{lmtp:unix:/run/lmtp.sock}).
+            (C{lmtp:unix:/run/lmtp.sock}), C{milter:} the milter protocol
+            (C{milter:tcp:8890:interface=127.0.0.1}).
         @param settings: L{Settings}; keyword C{overrides} replace fields.
         @param reactor: the reactor to listen with; the global one by default.
         @param tls: certificates for STARTTLS and implicit TLS.
@@ -108,6 +112,16 @@ class ESMTPService(MultiService):
                 clock=reactor,
                 tls=tls,
                 portal=portal,
+                events=self.factory.events,
+            )
+        self.milterFactory: ESMTPFactory | None = None
+        if "milter" in wires:
+            from ..milter.factory import MilterFactory
+
+            self.milterFactory = MilterFactory(
+                handlerFactory,
+                self.factory.settings,
+                clock=reactor,
                 events=self.factory.events,
             )
         self._reloadOnSIGHUP = (
@@ -149,16 +163,19 @@ class ESMTPService(MultiService):
 
     def factories(self) -> list[ESMTPFactory]:
         """
-        The service's factories: L{factory}, then L{lmtpFactory} if any.
+        The service's factories: L{factory}, then L{lmtpFactory} and
+        L{milterFactory} if any.
         """
-        if self.lmtpFactory is None:
-            return [self.factory]
-        return [self.factory, self.lmtpFactory]
+        extra = [f for f in (self.lmtpFactory, self.milterFactory) if f is not None]
+        return [self.factory, *extra]
 
     def _factoryFor(self, wire: str) -> ESMTPFactory:
         if wire == "lmtp":
             assert self.lmtpFactory is not None
             return self.lmtpFactory
+        if wire == "milter":
+            assert self.milterFactory is not None
+            return self.milterFactory
         return self.factory
 
     def reload(self) -> None:

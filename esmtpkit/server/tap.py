@@ -5,7 +5,6 @@ C{twistd esmtpkit}: command-line options and the service they describe.
 from __future__ import annotations
 
 import getopt
-import inspect
 import signal
 import sys
 from typing import Any
@@ -15,19 +14,15 @@ from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.python import usage
-from zope.interface.exceptions import Invalid
-from zope.interface.verify import verifyClass
 
-from ..interfaces import IESMTPHandler
 from ..security.auth import makePortal
 from ..security.scram import IScramSHA256Credentials, ScramFileChecker
 from ..security.tls import ServerTLS, TLSConfigurationError
 from ..settings import Settings
-from .jsonlog import FORMATS, twistdLogObserver
+from .jsonlog import FORMATS, logAsJSON
 from .listeners import openBeforeFork
 from .optionvalues import EXTENSIONS, OPTION_OF, SETTINGS, asBytes
 from .service import DEFAULT_PORT, ESMTPService
-from .startup import StartupError, resolveName
 from .workers import WorkerSupervisor, cores, listeningDescription
 
 __all__ = ["Options", "makeService"]
@@ -69,13 +64,38 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "handler",
             None,
             DEFAULT_HANDLER,
-            "Dotted name of the handler class or factory.",
+            "Dotted name of the handler class or factory; several, "
+            "comma-separated, make a chain (esmtpkit.handlers.Chain). With "
+            "--help: the handler's own options too.",
         ],
         [
             "maildir",
             None,
             "Maildir",
             "Maildir folder of the Maildir handler (created if missing).",
+        ],
+        [
+            "milter-default-action",
+            None,
+            "tempfail",
+            "What to answer when a --milter is down, times out or breaks the "
+            "protocol: tempfail (451 4.7.1), accept (go on without it) or "
+            "reject (550 5.7.1).",
+        ],
+        ["milter-connect-timeout", None, "30", "Seconds to connect to a --milter."],
+        [
+            "milter-command-timeout",
+            None,
+            "30",
+            "Seconds a --milter may take to answer a command (progress reports "
+            "restart it).",
+        ],
+        [
+            "milter-content-timeout",
+            None,
+            "300",
+            "Seconds a --milter may take to answer headers, body and the end "
+            "of the message.",
         ],
         [
             "metrics",
@@ -128,10 +148,36 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["ports"] = []
         self["disabled-extensions"] = []
         self["inherited"] = []
+        self["handler-options"] = []
         self["workers"] = 1
+        self["milters"] = []
         self._arguments: list[str] = []
 
-    opt_h = usage.Options.opt_help
+    def opt_help(self) -> None:
+        from ..handlers.options import handlerHelp
+
+        # --help may come before --handler: find the handler in effect.
+        handler = DEFAULT_HANDLER
+        arguments = self._arguments
+        for index, argument in enumerate(arguments):
+            if argument == "--handler" and index + 1 < len(arguments):
+                handler = arguments[index + 1]
+            elif argument.startswith("--handler="):
+                handler = argument[len("--handler=") :]
+        print(str(self) + "\n" + handlerHelp(handler))
+        sys.exit(0)
+
+    opt_help.__doc__ = usage.Options.opt_help.__doc__
+    opt_h = opt_help
+
+    def opt_handler_option(self, pair: str) -> None:
+        self["handler-options"].append(pair)
+
+    opt_handler_option.__doc__ = (
+        "KEY=VALUE (or KEY, for a flag): an option of the handler, repeatable; "
+        "in a chain, NAME.KEY=VALUE for the handler NAME (or its position). "
+        "--handler NAME --help lists them."
+    )
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         self._arguments = list(sys.argv[1:] if options is None else options)
@@ -187,7 +233,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     # usage.Options shows a method's docstring as its help, spaces and all.
     opt_port.__doc__ = (
-        "Endpoint to listen on (tcp:, ssl:, unix:, haproxy:...), repeatable "
+        "Endpoint to listen on (tcp:, ssl:, unix:, haproxy:...; lmtp:DESC for "
+        "LMTP, milter:DESC to serve the handler as a milter), repeatable "
         f"[default: {DEFAULT_PORT}]."
     )
 
@@ -200,6 +247,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         "Endpoint to serve LMTP (RFC 2033) on instead of SMTP, repeatable: "
         "the same as --port lmtp:DESC (unix:/path, tcp:PORT:interface=...). "
         "Without --port, no SMTP listener is opened."
+    )
+
+    def opt_milter(self, description: str) -> None:
+        self["milters"].append(description)
+
+    opt_milter.__doc__ = (
+        "Ask this milter about every session, in front of the handler, "
+        "repeatable, in order (like Postfix's smtpd_milters): inet:HOST:PORT, "
+        "unix:PATH, or a Twisted client endpoint."
     )
 
     def opt_disable_extension(self, keyword: str) -> None:
@@ -251,6 +307,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if self["require-auth"] and self["portal"] is None:
             raise usage.UsageError("--require-auth needs --auth")
         self["handlerFactory"] = self._handlerFactory()
+        if self["milters"]:
+            self["handlerFactory"] = self._withMilters(self["handlerFactory"])
         self._checkPorts()
         if self["log-format"] not in FORMATS:
             raise usage.UsageError(
@@ -307,31 +365,38 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     def _handlerFactory(self) -> Any:
         # Problems with the handler are StartupErrors: one line, no usage.
-        name = self["handler"]
-        handler = resolveName(name)
-        if inspect.isclass(handler):
-            if not IESMTPHandler.implementedBy(handler):
-                raise StartupError(
-                    f"--handler {name}: {handler.__name__} does not implement "
-                    "esmtpkit.IESMTPHandler (subclass esmtpkit.ESMTPHandler)"
-                )
+        from ..handlers.options import handlerFactory
+
+        return handlerFactory(self["handler"], self["handler-options"], self)
+
+    def _withMilters(self, handlerFactory: Any) -> Any:
+        from ..milter.connector import MilterConnector
+        from ..milter.front import withMilters
+
+        timeouts = []
+        for kind in ("connect", "command", "content"):
+            option = f"milter-{kind}-timeout"
             try:
-                verifyClass(IESMTPHandler, handler)
-            except Invalid as e:
-                raise StartupError(f"--handler {name}: {e}") from None
-        elif not callable(handler):
-            raise StartupError(
-                f"--handler {name}: not a class or callable but {handler!r}"
-            )
-        fromOptions = getattr(handler, "fromOptions", None)
-        if fromOptions is None:
-            return handler
-        try:
-            return fromOptions(self)
-        except usage.UsageError:
-            raise
-        except Exception as e:
-            raise usage.UsageError(f"--handler {name}: {e}") from None
+                timeouts.append(float(self[option]))
+            except ValueError:
+                raise usage.UsageError(
+                    f"--{option}: {self[option]!r} is not a number"
+                ) from None
+        connectors = []
+        for description in self["milters"]:
+            try:
+                connectors.append(
+                    MilterConnector(
+                        description,
+                        connectTimeout=timeouts[0],
+                        commandTimeout=timeouts[1],
+                        contentTimeout=timeouts[2],
+                        defaultAction=self["milter-default-action"],
+                    )
+                )
+            except ValueError as e:
+                raise usage.UsageError(f"--milter {description}: {e}") from None
+        return withMilters(connectors, handlerFactory)
 
     def _checkPorts(self) -> None:
         from twisted.internet import reactor
@@ -386,35 +451,8 @@ def makeService(options: Options) -> IService:
     raiseFileLimit()
     service = _makeService(options)
     if options["log-format"] == "json":
-        _logAsJSON(service, options)
+        logAsJSON(service, options)
     return service
-
-
-def _logAsJSON(service: IService, options: Options) -> None:
-    """
-    Under C{twistd} (and C{python -m esmtpkit}), make the application
-    C{service} joins log as JSON: twistd takes the application's
-    L{ILogObserver} component when it starts logging. (Under C{twist},
-    its own C{--log-format json} does it.)
-    """
-    from twisted.logger import ILogObserver
-
-    parent = getattr(options, "parent", None)
-    if parent is None or "nodaemon" not in parent:
-        return
-    try:
-        observer = twistdLogObserver(parent)
-    except ValueError as e:
-        raise StartupError(str(e)) from None
-    setServiceParent = service.setServiceParent
-
-    def joined(application: Any) -> None:
-        setComponent = getattr(application, "setComponent", None)
-        if setComponent is not None:
-            setComponent(ILogObserver, observer)
-        setServiceParent(application)
-
-    service.setServiceParent = joined  # type: ignore[method-assign]
 
 
 def _makeService(options: Options) -> IService:

@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -32,11 +32,14 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.runner.procmon import ProcessMonitor
 from zope.interface import implementer
 
 from .drain import GRACE
 from .workerlog import WorkerLog, howEnded
+
+if TYPE_CHECKING:
+    # (twisted.runner.procmon installs the global reactor as it is imported.)
+    from twisted.runner.procmon import ProcessMonitor
 
 __all__ = ["WorkerSupervisor", "AdoptedPortService", "listeningDescription", "cores"]
 
@@ -69,7 +72,7 @@ def listeningDescription(description: str) -> str:
     @raise ValueError: an C{ssl:} description with its own key (workers
         take TLS from C{--tls-cert}/C{--tls-key}).
     """
-    if description.startswith(("haproxy:", "lmtp:")):
+    if description.startswith(("haproxy:", "lmtp:", "milter:")):
         return listeningDescription(description.partition(":")[2])
     if description.startswith("ssl:"):
         if "privateKey=" in description or "certKey=" in description:
@@ -260,6 +263,8 @@ class WorkerSupervisor(Service):
         self._open()
         fds = [port.fileno() for port in self._listening]
         spawner: Any = _SpawnWithSockets(self._reactor, fds, self.workerExited)
+        from twisted.runner.procmon import ProcessMonitor
+
         spawner.stopping = lambda: not self.running
         self.monitor = ProcessMonitor(reactor=spawner)
         inherited: list[str] = []

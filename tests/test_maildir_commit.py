@@ -1,0 +1,298 @@
+"""
+Tests for the durable commit of the L{Maildir} handler (C{fsync=True}, so
+with the real reactor: the flushes run in threads): the directory flush
+after the rename into C{new/}, batched across messages committed at the
+same time; a cancelled commit and a failed flush leave nothing; and end to
+end, a real server on loopback whose handler modifies messages at EOM.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import smtplib
+import stat
+import threading
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from esmtpkit import ESMTPFactory
+from esmtpkit.handlers import Maildir, delivery
+from esmtpkit.handlers.delivery import DirectorySync
+from esmtpkit.testing import SMTPTestConnection, dotStuff
+
+from .helpers import (
+    LOOPBACK,
+    maildirFiles,
+    splitDelivery,
+    splitReceived,
+    tempDir,
+    waitUntil,
+)
+
+MESSAGE = b"From: a@example.org\r\nSubject: durable\r\n\r\nbody\r\n"
+
+
+class DirectorySyncTests(TestCase):
+    """
+    L{DirectorySync} with a fake thread: when flushes start and whom each
+    one answers.
+    """
+
+    def setUp(self) -> None:
+        self.started: list[Deferred[None]] = []
+
+        def inThread(function: Any, path: str) -> Deferred[None]:
+            self.assertIs(function, delivery.fsyncDirectory)
+            self.assertEqual(path, "/some/new")
+            self.started.append(Deferred())
+            return self.started[-1]
+
+        self.sync = DirectorySync("/some/new", inThread)
+
+    def test_callersDuringAFlushShareTheNext(self) -> None:
+        """
+        The first caller starts a flush; callers that come while it runs
+        wait for the next one, which starts when it ends and answers all of
+        them: three callers, two flushes.
+        """
+        fired: list[str] = []
+        self.sync.sync().addCallback(lambda _: fired.append("first"))
+        self.assertEqual(len(self.started), 1)
+        self.sync.sync().addCallback(lambda _: fired.append("second"))
+        self.sync.sync().addCallback(lambda _: fired.append("third"))
+        self.assertEqual(len(self.started), 1)
+        self.started[0].callback(None)
+        self.assertEqual(fired, ["first"])
+        self.assertEqual(len(self.started), 2)
+        self.started[1].callback(None)
+        self.assertEqual(fired, ["first", "second", "third"])
+        self.assertEqual(self.sync.flushes, 2)
+
+    def test_failureReachesItsCallers(self) -> None:
+        """
+        A flush that fails fails the callers it covered, and the next
+        caller gets a new flush.
+        """
+        failures: list[Any] = []
+        self.sync.sync().addErrback(failures.append)
+        self.started[0].errback(OSError(errno.EIO, "I/O error"))
+        self.assertEqual([f.value.errno for f in failures], [errno.EIO])
+        fired: list[None] = []
+        self.sync.sync().addCallback(fired.append)
+        self.started[1].callback(None)
+        self.assertEqual(fired, [None])
+
+
+class BlockedFlush:
+    """
+    Replaces L{delivery.fsyncDirectory}: counts the directory flushes, and
+    holds the first one until L{release}.
+    """
+
+    def __init__(self, testCase: TestCase) -> None:
+        self.calls: list[str] = []
+        self._gate = threading.Event()
+        self._real = delivery.fsyncDirectory
+        testCase.patch(delivery, "fsyncDirectory", self)
+        testCase.addCleanup(self._gate.set)
+
+    def __call__(self, path: str) -> None:
+        self.calls.append(path)
+        if len(self.calls) == 1:
+            self._gate.wait(20)
+        self._real(path)
+
+    def release(self) -> None:
+        self._gate.set()
+
+
+class DurableCommitTests(TestCase):
+    """
+    The commit with C{fsync=True} over L{SMTPTestConnection}s, the flushes
+    in real threads.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.path = tempDir(self) / "Maildir"
+
+    def connect(self, **settings: Any) -> SMTPTestConnection:
+        path = str(self.path)
+        conn = SMTPTestConnection(
+            lambda: Maildir(path, fsync=True), threadRunner=deferToThread, **settings
+        )
+        conn.send(b"EHLO client.example\r\n")
+        conn.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+        return conn
+
+    async def test_batchedDirectoryFlush(self) -> None:
+        """
+        Ten messages committed at once cost two flushes of new/: the first
+        message's, and one that covers the nine renamed while it ran. No
+        message is answered before a flush that began after its rename
+        ended.
+        """
+        flush = BlockedFlush(self)
+        count = 10
+        conns = [self.connect() for _ in range(count)]
+        for conn in conns:
+            conn.send(dotStuff(MESSAGE))
+        await waitUntil(lambda: len(maildirFiles(self.path, "new")) == count, 20)
+        # All renamed, the first flush still held: nobody has a 250 yet.
+        for conn in conns:
+            self.assertNotIn(b"250 2.0.0 Message", conn.transport.value())
+        flush.release()
+        await waitUntil(
+            lambda: all(b"250 2.0.0 Message" in c.transport.value() for c in conns),
+            20,
+        )
+        self.assertEqual(flush.calls, [str(self.path / "new")] * 2)
+        self.assertEqual(maildirFiles(self.path, "tmp"), [])
+
+    async def test_cancelledDuringDirectoryFlush(self) -> None:
+        """
+        The shutdown deadline passes while new/ is being flushed: 421, and
+        the message, already renamed, is taken out of new/ again once the
+        flush is over (its 250 never went out).
+        """
+        flush = BlockedFlush(self)
+        conn = self.connect()
+        conn.send(dotStuff(MESSAGE))
+        await waitUntil(lambda: len(maildirFiles(self.path, "new")) == 1, 20)
+        drained: list[None] = []
+        conn.factory.drain(0).addCallback(drained.append)
+        conn.clock.advance(0)
+        self.assertEqual([r.code for r in conn.replies()][-1:], [421])
+        flush.release()
+        await waitUntil(lambda: bool(drained), 20)
+        self.assertEqual(maildirFiles(self.path, "new"), [])
+        self.assertEqual(maildirFiles(self.path, "tmp"), [])
+
+    async def test_fileFlushFails(self) -> None:
+        """
+        A flush of the message's file that fails (ENOSPC, as NFS or a
+        delayed allocation reports it) gives 452 4.3.1 and leaves nothing.
+        """
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real(fd)
+
+        self.patch(os, "fsync", fsync)
+        conn = self.connect()
+        conn.send(dotStuff(MESSAGE))
+        await waitUntil(lambda: b"\r\n452 " in conn.transport.value(), 20)
+        self.assertIn(b"452 4.3.1 Insufficient system storage", conn.transport.value())
+        self.assertEqual(maildirFiles(self.path, "new"), [])
+        self.assertEqual(maildirFiles(self.path, "tmp"), [])
+
+    async def test_directoryFlushFails(self) -> None:
+        """
+        A flush of new/ that fails takes the message back out of new/ and
+        gives 452 4.3.1.
+        """
+
+        def failing(path: str) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        self.patch(delivery, "fsyncDirectory", failing)
+        conn = self.connect()
+        conn.send(dotStuff(MESSAGE))
+        await waitUntil(lambda: b"\r\n452 " in conn.transport.value(), 20)
+        self.assertIn(b"452 4.3.1", conn.transport.value())
+        self.assertEqual(maildirFiles(self.path, "new"), [])
+        self.assertEqual(maildirFiles(self.path, "tmp"), [])
+
+
+class Rewriting(Maildir):
+    """
+    Changes every message at EOM: a header added, one changed, one
+    deleted, the body replaced; a recipient added and one deleted.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, fsync=True)
+
+    def EOM(self) -> Any:
+        transaction = self.session.transaction
+        assert transaction is not None
+        changes = transaction.modifications
+        changes.addHeader("X-Filtered", "by esmtpkit\n\ttwice folded")
+        changes.changeHeader("Subject", "[checked] original subject")
+        changes.deleteHeader("X-Remove-Me")
+        changes.replaceBody(iter([b"The new body.\r\n", b".\r\n", b"..end\r\n"]))
+        changes.addRecipient("archive@example.net")
+        changes.deleteRecipient("Spamtrap@example.net")
+        return super().EOM()
+
+
+class EndToEndTests(TestCase):
+    """
+    A real server on 127.0.0.1, smtplib as the client.
+    """
+
+    timeout = 60
+
+    async def test_modifiedAtEOM(self) -> None:
+        """
+        The message stored for each remaining recipient is the modified
+        one, byte for byte: delivery headers for the new envelope, the
+        server's Received: header, the changed header section (unchanged
+        lines exact, folding kept), the new body.
+        """
+        path = tempDir(self) / "Maildir"
+        factory = ESMTPFactory(lambda: Rewriting(str(path)), hostname="mx.test")
+        port = reactor.listenTCP(0, factory, interface=LOOPBACK)
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        message = (
+            b"From: Alice <alice@example.org>\r\n"
+            b"X-Remove-Me: please\r\n"
+            b"Subject: original\r\n\tsubject\r\n"
+            b"X-Folded: a\r\n  b\r\n"
+            b"\r\n"
+            b"The old body.\r\n"
+        )
+
+        def send() -> Any:
+            with smtplib.SMTP(LOOPBACK, number, "client.test", timeout=30) as smtp:
+                return smtp.sendmail(
+                    "alice@example.org",
+                    ["bob@example.net", "spamtrap@example.net"],
+                    message,
+                )
+
+        self.assertEqual(await deferToThread(send), {})
+        await waitUntil(lambda: not factory.connections, 10)
+        stored = {}
+        for file in maildirFiles(path, "new"):
+            delivered, rest = splitDelivery(file.read_bytes())
+            received, content = splitReceived(rest)
+            self.assertIn(b"by mx.test (esmtpkit) with ESMTP id ", received)
+            stored[delivered] = content
+        self.assertEqual(
+            sorted(stored),
+            [
+                b"Return-Path: <alice@example.org>\r\n"
+                b"X-Original-To: %s\r\nDelivered-To: %s\r\n" % (a, a)
+                for a in (b"archive@example.net", b"bob@example.net")
+            ],
+        )
+        expected = (
+            b"From: Alice <alice@example.org>\r\n"
+            b"Subject: [checked] original subject\r\n"
+            b"X-Folded: a\r\n  b\r\n"
+            b"X-Filtered: by esmtpkit\r\n\ttwice folded\r\n"
+            b"\r\n"
+            b"The new body.\r\n.\r\n..end\r\n"
+        )
+        self.assertEqual(list(stored.values()), [expected, expected])
+        self.assertEqual(maildirFiles(path, "tmp"), [])
