@@ -342,3 +342,27 @@ class LMTPLineTests(SynchronousTestCase):
             ("partial", "250,452", ["b@example.org", "c@example.org"]),
         )
         self.assertEqual(rejects(conn), [])
+
+
+class MilterFaceTests(SynchronousTestCase):
+    """
+    The milter face tells the same refusals: a recipient the handler
+    refuses, asked by an MTA, is one reject line with sender and recipient.
+    """
+
+    def test_rcptRefused(self) -> None:
+        from esmtpkit.milter import wire
+
+        from .miltertools import FakeMTA
+
+        mta = FakeMTA(Refusing)
+        mta.start()
+        mta.command(wire.MAIL, "<alice@example.com>")
+        answered = mta.command(wire.RCPT, "<nobody@example.org>")
+        self.assertEqual(answered[0][0], wire.REPLYCODE)
+        [event] = [e for e in mta.log.events if e.get("event") == "reject"]
+        self.assertEqual(
+            (event["command"], event["code"], event["sender"], event["recipients"]),
+            ("RCPT", 550, "alice@example.com", ["nobody@example.org"]),
+        )
+        self.assertEqual(event["helo"], "client.example")
