@@ -246,10 +246,13 @@ def test_bothInstancesSeeTheRealClient(
         messages = delivered(server, name)
         assert messages, f"{name} got nothing"
         for data in messages.values():
-            received = data.split(b"\n", 1)[0]
+            head = data.split(b"\r\n\r\n", 1)[0]
+            received = re.search(rb"^Received: .*$", head, re.M)
+            assert received, head
             assert re.match(
-                rb"Received: from client\.example \(\[127\.0\.0\.2\]\)", received
-            ), received
+                rb"Received: from client\.example \(\[127\.0\.0\.2\]\)",
+                received.group(0),
+            ), received.group(0)
         output = server.output()
         accepted = re.findall(
             r"session (\S+) message \S+ accepted: client=(\S+) ", output
