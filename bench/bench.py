@@ -313,7 +313,7 @@ and B keeps 10 in flight, so no load here needs more.
 
 
 def esmtpkitCommand(
-    *options: str,
+    *options: str, logLevel: str = "warn"
 ) -> Callable[[int, Path, int, list[str]], list[str]]:
     def command(port: int, scratch: Path, largest: int, extra: list[str]) -> list[str]:
         cmd = [
@@ -324,7 +324,7 @@ def esmtpkitCommand(
             "--port",
             f"tcp:{port}:interface=127.0.0.1:backlog={BACKLOG}",
             "--log-level",
-            "warn",
+            logLevel,
             *options,
         ]
         if largest > 30 * MiB:  # beyond the default SIZE limit
@@ -463,6 +463,17 @@ def servers(
                 codeRoot=baseline.tree,
             )
         )
+    specs.append(
+        ServerSpec(
+            # The price of the default log level: one line per connection,
+            # refusal and message (the others log at warn).
+            "esmtpkit-info",
+            esmtpkitCommand("--handler", SINK, logLevel="info"),
+            scenarioArgs=ESMTPKIT_SCENARIO_ARGS,
+            scenarios=("A", "B"),
+            **checkout,
+        )
+    )
     specs.append(
         ServerSpec(
             "esmtpkit-maildir",

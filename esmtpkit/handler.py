@@ -6,9 +6,11 @@ Subclass it and override only the hooks you need.
 from __future__ import annotations
 
 import functools
-from typing import ClassVar
+import inspect
+from typing import Any, ClassVar
 
 from zope.interface import implementer
+from zope.interface.interface import Method
 
 from .interfaces import IESMTPHandler
 from .reply import HookResult, Reply
@@ -66,6 +68,30 @@ _START_TLS = Reply(220, "Ready to start TLS", enhanced="2.0.0")
 _AUTHENTICATED = Reply(235, "Authentication successful", enhanced="2.7.0")
 
 
+def _withHookDocs(cls: type, append: bool = True) -> type:
+    """
+    Give each hook method of C{cls} the docstring of its L{IESMTPHandler}
+    method (what the hook receives and what its reply means), so that
+    C{pydoc} and the API reference show it on the class too.
+
+    @param append: also add it after a docstring of the method's own
+        (otherwise only methods without one get it).
+    """
+    for name in IESMTPHandler.names():
+        spec = IESMTPHandler[name]
+        method = cls.__dict__.get(name)
+        if not isinstance(spec, Method) or not inspect.isfunction(method):
+            continue
+        hook = inspect.cleandoc(spec.getDoc() or "")
+        own = inspect.cleandoc(method.__doc__ or "")
+        if not own:
+            method.__doc__ = hook
+        elif append and hook not in own:
+            method.__doc__ = f"{own}\n\n{hook}"
+    return cls
+
+
+@_withHookDocs
 @implementer(IESMTPHandler)
 class ESMTPHandler:
     """
@@ -93,6 +119,11 @@ class ESMTPHandler:
 
     def __init__(self) -> None:
         self.disconnect = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass's hooks without a docstring show the interface's.
+        super().__init_subclass__(**kwargs)
+        _withHookDocs(cls, append=False)
 
     def CONNECT(self) -> HookResult:
         return _greeting(self.session.hostname, self.session.lmtp)

@@ -252,6 +252,9 @@ class IServerObserver(Interface):
     def commandReplied(session: Any, verb: str, reply: Any) -> None:
         """A reply went out, to command C{verb}."""
 
+    def commandRefused(session: Any, verb: str, argument: str, reply: Any) -> None:
+        """A 4xx or 5xx reply went out, to command C{verb}."""
+
     def transactionStarted(session: Any, transaction: Any) -> None:
         """MAIL was accepted."""
 

@@ -464,8 +464,9 @@ class LogObserverTests(SynchronousTestCase):
         lines = [formatEvent(e) for e in conn.log.events]
         session = conn.session.id
         self.assertIn(
-            f"session {session} message {session}.1 accepted: from=<a@example.org> "
-            f"recipients=1 size={len(MESSAGE)} reply=250",
+            f"session {session} message {session}.1 accepted: client=192.0.2.1 "
+            f"helo=<client.example> from=<a@example.org> to=<b@example.org> "
+            f"size={len(MESSAGE)} reply=250",
             lines,
         )
         self.assertTrue(

@@ -30,6 +30,7 @@ from esmtpkit import ESMTPHandler, PerRecipient
 from esmtpkit.core.events import LogObserver
 from esmtpkit.security.auth import makePortal
 from esmtpkit.server import tap
+from esmtpkit.server.listeners import ListenerService
 from esmtpkit.server.metrics import (
     KNOWN_VERBS,
     MULTIPROCESS_ENV,
@@ -39,6 +40,7 @@ from esmtpkit.server.metrics import (
     serveMetrics,
 )
 from esmtpkit.server.service import ESMTPService
+from esmtpkit.server.workers import WorkerSupervisor
 from esmtpkit.testing import LMTPTestConnection, SMTPTestConnection
 
 from .test_tls import serverTLS
@@ -548,7 +550,16 @@ class TapTests(SynchronousTestCase):
     def makeService(self, *args: str) -> Any:
         options = tap.Options()
         options.parseOptions(["--handler", "esmtpkit.handlers.Sink", *args])
-        return tap.makeService(options)
+        service = tap.makeService(options)
+        # makeService opened the listeners (the metrics one too): close
+        # them, so that nothing (HTTPFactory's clock call) outlives the test.
+        self.addCleanup(self._close, service)
+        return service
+
+    def _close(self, service: Any) -> None:
+        for child in [service, *getattr(service, "services", ())]:
+            if isinstance(child, (ListenerService, WorkerSupervisor)):
+                child.close()
 
     def test_withoutMetrics(self) -> None:
         """

@@ -666,3 +666,37 @@ def test_resolveNameFinds() -> None:
     assert resolveName("esmtpkit.handlers.Sink") is Sink
     assert resolveName("esmtpkit.handlers.maildir.Maildir") is Maildir
     assert resolveName("esmtpkit.handlers.Maildir.fromOptions") == Maildir.fromOptions
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_metricsPortInUse(folder: Path, mode: str) -> None:
+    """
+    A --metrics endpoint that cannot be opened stops start-up like any
+    listener: one line naming it, exit status 1, no process left, and the
+    SMTP listener (a unix socket, opened first) closed again.
+    """
+    blocker, port = occupied()
+    sock = folder / "smtp.sock"
+    description = f"tcp:{port}:interface={LOOPBACK}"
+    extra = ["--workers", "2"] if mode == "workers" else []
+    try:
+        result = run(
+            [
+                *MODES[mode],
+                "esmtpkit",
+                *SINK,
+                *extra,
+                "--port",
+                f"unix:{sock}",
+                "--metrics",
+                description,
+            ],
+            folder,
+        )
+    finally:
+        blocker.close()
+    _assertOneLine(
+        result, f"esmtpkit: cannot listen on {description}: address already in use"
+    )
+    assert waitGone(folder) == []
+    assert sorted(p.name for p in folder.iterdir()) == []

@@ -485,7 +485,7 @@ def test_twoWorkersDeliverEverythingOnce(tmp_path: Path) -> None:
         assert {p.encode() for p in prefixes} == inHeaders
     output = server.output()
     owners = {
-        prefix: set(re.findall(rf"\[(worker-\d+)\].*session {prefix}", output))
+        prefix: set(re.findall(rf"\[(worker-\d+) [^\]]*\].*session {prefix}", output))
         for prefix in set(prefixes)
     }
     assert sorted(w for ws in owners.values() for w in ws) == [

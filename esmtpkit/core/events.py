@@ -22,9 +22,8 @@ clock readings and builds nothing for it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -122,6 +121,20 @@ class ServerObserver:
         for the greeting, C{"EOM"} for the end of a message, C{"UNKNOWN"},
         ...). Under LMTP the end of a message has one such event per
         recipient.
+        """
+
+    def commandRefused(
+        self, session: Session, verb: str, argument: str, reply: Reply
+    ) -> None:
+        """
+        A 4xx or 5xx reply went out (just after its L{commandReplied}):
+        C{verb} as there, except that the end of a message refused is
+        also told by L{transactionEnded} or L{contentRefused}.
+
+        @param argument: the command's text after the verb for MAIL, RCPT,
+            HELO, EHLO and LHLO (the path or domain refused, with any
+            parameters); empty for every other command (AUTH's can hold a
+            secret).
         """
 
     def transactionStarted(self, session: Session, transaction: Transaction) -> None:
@@ -260,158 +273,4 @@ class ServerEvents:
             setattr(self, name, methods)
 
 
-class LogObserver(ServerObserver):
-    """
-    The server's log, as an observer: one line per event at the level it
-    deserves, nothing built for a level that is off.
-    """
-
-    _LEVELS: ClassVar[dict[str, LogLevel]] = {
-        "commandReplied": LogLevel.debug,
-        "hookFinished": LogLevel.debug,
-        "transactionStarted": LogLevel.debug,
-        # Failures go out through Logger.failure, at critical; the hook
-        # timeout line at error; the other limit lines at info.
-        "hookFailed": LogLevel.critical,
-        "handlerFailed": LogLevel.critical,
-        "limitReached": LogLevel.error,
-    }
-
-    def __init__(self, log: Logger, level: LogLevel = LogLevel.info) -> None:
-        self.log = log
-        self.level = level
-
-    def wants(self, event: str) -> bool:
-        order = list(LogLevel.iterconstants())
-        wanted = self._LEVELS.get(event, LogLevel.info)
-        return order.index(wanted) >= order.index(self.level)
-
-    def connectionOpened(self, session: Session) -> None:
-        self.log.info(
-            "session {session} connected from {peer}",
-            session=session.id,
-            peer=session.peerHost or str(session.peer),
-        )
-
-    def connectionRefused(self, session: Session, limit: str, reply: Reply) -> None:
-        self.log.info(
-            "session {session} refused: {reason}", session=session.id, reason=reply.text
-        )
-
-    def connectionClosed(self, session: Session) -> None:
-        self.log.info(
-            "session {session} disconnected ({messages} messages accepted)",
-            session=session.id,
-            messages=session.messages,
-        )
-
-    def handlerFailed(self, session: Session, failure: Failure) -> None:
-        self.log.failure(
-            "session {session} could not build its handler",
-            failure=failure,
-            session=session.id,
-        )
-
-    def commandReplied(self, session: Session, verb: str, reply: Reply) -> None:
-        self.log.debug(
-            "session {session} {command} -> {code}",
-            session=session.id,
-            command=verb,
-            code=reply.code,
-        )
-
-    def transactionStarted(self, session: Session, transaction: Transaction) -> None:
-        self.log.debug(
-            "session {session} message {transaction} from=<{sender}>",
-            session=session.id,
-            transaction=transaction.id,
-            sender=transaction.sender,
-        )
-
-    def contentRefused(
-        self, session: Session, transaction: Transaction | None, reply: Reply
-    ) -> None:
-        self.log.info(
-            "session {session} message {transaction} refused while receiving: "
-            "{code} {text}",
-            session=session.id,
-            transaction=transaction.id if transaction else "-",
-            code=reply.code,
-            text=reply.text,
-        )
-
-    def transactionEnded(
-        self,
-        session: Session,
-        transaction: Transaction,
-        outcome: str,
-        replies: Sequence[Reply],
-    ) -> None:
-        if outcome == "aborted":
-            return
-        codes = {reply.code for reply in replies}
-        self.log.info(
-            "session {session} message {transaction} {verdict}: from=<{sender}> "
-            "recipients={recipients} size={size} reply={code}",
-            session=session.id,
-            transaction=transaction.id,
-            verdict=outcome,
-            sender=transaction.sender,
-            recipients=len(transaction.recipients),
-            size=transaction.size,
-            code=replies[0].code
-            if len(codes) == 1
-            else ",".join(str(reply.code) for reply in replies),
-        )
-
-    def tlsStarted(self, session: Session) -> None:
-        self.log.info("session {session} starting TLS", session=session.id)
-
-    def tlsEstablished(self, session: Session, tls: TLSInfo) -> None:
-        self.log.info(
-            "session {session} TLS {version} {cipher}",
-            session=session.id,
-            version=tls.version,
-            cipher=tls.cipher,
-        )
-
-    def tlsFailed(self, session: Session) -> None:
-        self.log.info(
-            "session {session} TLS handshake did not complete", session=session.id
-        )
-
-    def authSucceeded(self, session: Session, mechanism: str, identity: Any) -> None:
-        self.log.info(
-            "session {session} authenticated as {identity}",
-            session=session.id,
-            identity=identity,
-        )
-
-    def authFailed(self, session: Session, mechanism: str, failures: int) -> None:
-        self.log.info(
-            "session {session} authentication failed ({failures})",
-            session=session.id,
-            failures=failures,
-        )
-
-    def limitReached(self, session: Session, limit: str, detail: str) -> None:
-        level = LogLevel.error if limit == "hook-timeout" else LogLevel.info
-        self.log.emit(
-            level, "session {session} {detail}", session=session.id, detail=detail
-        )
-
-    def hookFinished(self, session: Session, hook: str, seconds: float) -> None:
-        self.log.debug(
-            "session {session} hook {hook} took {seconds:.6f}s",
-            session=session.id,
-            hook=hook,
-            seconds=seconds,
-        )
-
-    def hookFailed(self, session: Session, hook: str, failure: Failure) -> None:
-        self.log.failure(
-            "session {session} hook {hook} failed",
-            failure=failure,
-            session=session.id,
-            hook=hook,
-        )
+from .eventlog import LogObserver  # noqa: E402  (it subclasses ServerObserver)

@@ -100,6 +100,7 @@ class MilterConnection(MessageSteps, Protocol):
         self._content: Content | None = None
         self._connected = False  # CONNECT seen in this conversation
         self._owed: bytes | None = None  # the command waiting for its reply
+        self._argument = ""  # HELO's domain, MAIL's or RCPT's path
         self._held = 0
         self._processing = False
         self._closing = False
@@ -323,6 +324,13 @@ class MilterConnection(MessageSteps, Protocol):
         if events.commandReplied:
             for notify in events.commandReplied:
                 notify(self.session, _VERBS.get(command, "UNKNOWN"), reply)
+        if reply.code >= 400 and events.commandRefused:
+            verb = _VERBS.get(command, "UNKNOWN")
+            argument = (
+                self._argument if verb in ("MAIL", "RCPT", "HELO", "EHLO") else ""
+            )
+            for notify in events.commandRefused:
+                notify(self.session, verb, argument, reply)
 
     def _write(self, packet: bytes) -> None:
         self._owed = None
@@ -380,7 +388,8 @@ class MilterConnection(MessageSteps, Protocol):
             handlerClass, "EHLO"
         )
         hook = "HELO" if plain else "EHLO"
-        self.conversation.hello(hook, _text(domain), not plain, self._answer)
+        self._argument = _text(domain)
+        self.conversation.hello(hook, self._argument, not plain, self._answer)
 
     def _mail(self, data: bytes) -> None:
         sender, params = parseArguments(data)
@@ -392,6 +401,7 @@ class MilterConnection(MessageSteps, Protocol):
         conversation = self.conversation
         if session.transaction is not None:
             conversation.hooks.run(conversation.abortStep)
+        self._argument = f"FROM:<{sender}>"  # for the refusal event
         conversation.mail(sender, params, self._answer)
 
     def _rcpt(self, data: bytes) -> None:
@@ -399,6 +409,7 @@ class MilterConnection(MessageSteps, Protocol):
         if self.session.transaction is None:
             raise wire.MilterProtocolError("RCPT without a transaction")
         self.session.learn()
+        self._argument = f"TO:<{recipient}>"  # for the refusal event
         self.conversation.rcpt(recipient, params, self._answer)
 
     def _data(self, data: bytes) -> None:

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -44,6 +43,7 @@ from ..core.events import LIMITS, OUTCOMES, ServerObserver
 from ..interfaces import IESMTPHandler
 from ..smtp.lmtp import LMTPProtocol
 from ..smtp.protocol import ESMTPProtocol
+from .listeners import CannotListen, ListenerService
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
@@ -390,11 +390,16 @@ def checkEndpoint(description: str) -> None:
         raise ValueError(f"{type(e).__name__}: {e}") from None
 
 
-def _httpService(description: str, registry: CollectorRegistry) -> Any:
+def _httpService(description: str, registry: CollectorRegistry) -> ListenerService:
+    """
+    The listener of the metrics endpoint: opened with the SMTP listeners,
+    before twistd forks, so that a port in use stops start-up as theirs
+    does (L{esmtpkit.server.listeners}).
+    """
     from twisted.internet import reactor
 
-    return StreamServerEndpointService(
-        serverFromString(reactor, description), MetricsSite(registry)
+    return ListenerService(
+        serverFromString(reactor, description), MetricsSite(registry), description
     )
 
 
@@ -475,8 +480,24 @@ class SupervisedMetrics(MultiService):
         self.path: str | None = None
         self._collector: _WorkersCollector | None = None
         supervisor.setServiceParent(self)
-        _httpService(description, self.registry).setServiceParent(self)
+        self.http = _httpService(description, self.registry)
+        self.http.setServiceParent(self)
         supervisor.workerExited.append(self._workerExited)
+
+    def listen(self) -> None:
+        """
+        Open the workers' listening sockets, then the metrics endpoint's
+        (C{twistd esmtpkit} calls this before it forks).
+
+        @raise esmtpkit.server.listeners.CannotListen: one cannot be opened
+            (those opened are closed again).
+        """
+        self.supervisor.listen()
+        try:
+            self.http.listen()
+        except CannotListen:
+            self.supervisor.close()
+            raise
 
     def privilegedStartService(self) -> None:
         self._prepare()

@@ -20,6 +20,7 @@ from ..security.auth import makePortal
 from ..security.scram import IScramSHA256Credentials, ScramFileChecker
 from ..security.tls import ServerTLS, TLSConfigurationError
 from ..settings import Settings
+from .jsonlog import FORMATS, logAsJSON
 from .listeners import openBeforeFork
 from .optionvalues import EXTENSIONS, OPTION_OF, SETTINGS, asBytes
 from .service import DEFAULT_PORT, ESMTPService
@@ -107,6 +108,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             None,
             "Endpoint to serve Prometheus metrics on, at /metrics "
             "(tcp:9101:interface=127.0.0.1).",
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "Log lines as text or json (one JSON object per line; under "
+            "twistd, to its log file or standard output).",
         ],
     ] + [[option, None, default, text] for option, _, _, default, text in SETTINGS]
 
@@ -307,6 +315,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if self["milters"]:
             self["handlerFactory"] = self._withMilters(self["handlerFactory"])
         self._checkPorts()
+        if self["log-format"] not in FORMATS:
+            raise usage.UsageError(
+                f"--log-format: {self['log-format']!r} is not text or json"
+            )
         if self["metrics"] is not None:
             from . import metrics  # prometheus_client and twisted.web: only when asked
 
@@ -458,6 +470,13 @@ def makeService(options: Options) -> IService:
     The service that C{twistd esmtpkit} runs.
     """
     raiseFileLimit()
+    service = _makeService(options)
+    if options["log-format"] == "json":
+        logAsJSON(service, options)
+    return service
+
+
+def _makeService(options: Options) -> IService:
     service: IService
     if options["workers"] > 1:
         supervisor = WorkerSupervisor(
@@ -466,14 +485,22 @@ def makeService(options: Options) -> IService:
             options.workerArguments(),
             shutdownTimeout=options["settings"].shutdownTimeout,
         )
+        supervised: Any = supervisor
+        if options["metrics"] is not None:
+            from . import metrics
+
+            supervised = metrics.SupervisedMetrics(supervisor, options["metrics"])
         # Listen now, before twistd forks: a port that cannot be opened
         # stops start-up with one line (esmtpkit.server.listeners).
-        openBeforeFork(supervisor, options)
-        if options["metrics"] is None:
-            return supervisor
-        from . import metrics
+        openBeforeFork(supervised, options)
+        return supervised  # type: ignore[no-any-return]
+    if options["inherited"]:
+        # A worker of --workers: its log goes to the supervisor as JSON.
+        from twisted.logger import globalLogPublisher
 
-        return metrics.SupervisedMetrics(supervisor, options["metrics"])
+        from .workerlog import keepFailureText
+
+        globalLogPublisher.addObserver(keepFailureText)
     service = ESMTPService(
         options["handlerFactory"],
         options["ports"],

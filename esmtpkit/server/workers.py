@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .drain import GRACE
+from .workerlog import WorkerLog, howEnded
 
 if TYPE_CHECKING:
     # (twisted.runner.procmon installs the global reactor as it is imported.)
@@ -104,24 +105,50 @@ class _SpawnWithSockets:
         self._reactor = reactor
         self._fds = list(fds)
         self._exited = exited
+        self._started: set[str] = set()
+        self.stopping: Callable[[], bool] | None = None
 
     def spawnProcess(self, protocol: Any, *args: Any, **kwargs: Any) -> Any:
         childFDs: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         for index, fd in enumerate(self._fds):
             childFDs[FIRST_FD + index] = fd
         kwargs["childFDs"] = childFDs
+        name = protocol.name
+        relay = WorkerLog(name)
+        # The worker's output (JSON lines) goes into this process's log, as
+        # its own events: one timestamp, one prefix.
+        protocol.outReceived = relay.outReceived
+        protocol.errReceived = relay.errReceived
         process = self._reactor.spawnProcess(protocol, *args, **kwargs)
-        if self._exited:
+        pid, ended = process.pid, protocol.processEnded
+        if name in self._started:
+            log.warn(
+                "esmtpkit {worker} restarted (pid {pid})",
+                event="worker-restarted",
+                worker=name,
+                pid=pid,
+            )
+        self._started.add(name)
+
+        def processEnded(reason: Any) -> None:
+            relay.flush()
+            if self.stopping is None or not self.stopping():
+                log.warn(
+                    "esmtpkit {worker} (pid {pid}) died: {how}",
+                    event="worker-died",
+                    worker=name,
+                    pid=pid,
+                    how=howEnded(reason.value),
+                    signal=getattr(reason.value, "signal", None),
+                    status=getattr(reason.value, "exitCode", None),
+                )
             # Tell who wants to know of the worker's end, by its PID (gone
             # from the transport by then).
-            pid, ended = process.pid, protocol.processEnded
+            for notify in self._exited:
+                notify(pid)
+            ended(reason)
 
-            def processEnded(reason: Any) -> None:
-                for notify in self._exited:
-                    notify(pid)
-                ended(reason)
-
-            protocol.processEnded = processEnded
+        protocol.processEnded = processEnded
         return process
 
     def __getattr__(self, name: str) -> Any:
@@ -205,6 +232,17 @@ class WorkerSupervisor(Service):
             self._listening = []
             raise
 
+    def close(self) -> None:
+        """
+        Close the listening sockets opened by L{listen} at once (start-up
+        failed elsewhere).
+        """
+        from .listeners import closeNow
+
+        for port in self._listening:
+            closeNow(port)
+        self._listening = []
+
     def _open(self) -> None:
         from .listeners import claimLock
 
@@ -227,6 +265,7 @@ class WorkerSupervisor(Service):
         spawner: Any = _SpawnWithSockets(self._reactor, fds, self.workerExited)
         from twisted.runner.procmon import ProcessMonitor
 
+        spawner.stopping = lambda: not self.running
         self.monitor = ProcessMonitor(reactor=spawner)
         inherited: list[str] = []
         for index, description in enumerate(self.ports):
@@ -236,7 +275,7 @@ class WorkerSupervisor(Service):
             "-m",
             "twisted",
             "--log-format",
-            "text",
+            "json",
             "esmtpkit",
             *self.workerArgs,
             *inherited,
@@ -401,8 +440,21 @@ class AdoptedPortService(Service):
         family = probe.family
         probe.close()
         factory = wrapFactory(splitWire(self.description)[1], self.factory, self.tls)
-        self.port = self._reactor.adoptStreamPort(self.fd, family, factory)
+        self.port = port = self._reactor.adoptStreamPort(self.fd, family, factory)
         os.close(self.fd)  # adoptStreamPort made its own copy
+        if family == socket.AF_UNIX:
+            # The socket is the supervisor's: a worker that stops (alone, to
+            # be restarted) must neither shut it down (which would stop every
+            # worker's accepting; Twisted spares adopted TCP ports only) nor
+            # remove its file, as a unix port does.
+            from twisted.internet.tcp import Port as TCPPort
+
+            port._shouldShutdown = False
+
+            def connectionLost(reason: Any) -> None:
+                TCPPort.connectionLost(port, reason)
+
+            port.connectionLost = connectionLost
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()

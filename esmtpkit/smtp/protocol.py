@@ -96,6 +96,7 @@ class ESMTPProtocol(SMTPConnection):
             return
         verb, arg = splitCommand(line)
         self.verb = verb or "UNKNOWN"
+        self.argument = arg
         # RFC 2920 section 3.1: after EHLO (or LHLO) with PIPELINING, a
         # client may send on before the reply to anything but the commands
         # whose reply it must wait for; otherwise only BDAT's chunk and what

@@ -32,6 +32,9 @@ REFUSED = 2  # CONNECT answered 554: only QUIT is served
 
 _SHUTTING_DOWN_TEXT = "Service shutting down"
 _SYNC = Reply(554, "Error: SMTP protocol synchronization", enhanced="5.5.0")
+# The commands whose argument a refusal event carries (a path or a domain;
+# never AUTH's, which can hold a secret).
+_ARGUMENT_TOLD = frozenset({"MAIL", "RCPT", "HELO", "EHLO", "LHLO"})
 
 
 class ReplyingConnection(PushbackLineReceiver):
@@ -43,6 +46,8 @@ class ReplyingConnection(PushbackLineReceiver):
     @ivar conversation: the L{Conversation} with the handler.
     @ivar settings: the server's L{Settings <esmtpkit.Settings>}.
     @ivar verb: the command being answered (for the events).
+    @ivar argument: the text after the verb of the command being answered
+        (for the events).
     @ivar writer: the connection's L{ReplyWriter} (made when the connection
         is).
     """
@@ -57,6 +62,7 @@ class ReplyingConnection(PushbackLineReceiver):
         "session",
         "conversation",
         "verb",
+        "argument",
         "writer",
         "_state",
         "_reader",
@@ -87,6 +93,7 @@ class ReplyingConnection(PushbackLineReceiver):
         self.session = session = Session(hostname=settings.hostname)
         self.conversation = Conversation(session, settings, server.clock, server.events)
         self.verb = "CONNECT"
+        self.argument = ""
         self.writer: ReplyWriter = None  # type: ignore[assignment]
         self._state = GREETING
         self._reader: Reader | None = None
@@ -239,10 +246,15 @@ class ReplyingConnection(PushbackLineReceiver):
         if events.commandReplied:
             for notify in events.commandReplied:
                 notify(self.session, self.verb, reply)
+        code = reply.code
+        if code >= 400 and events.commandRefused:
+            verb = self.verb
+            argument = self.argument if verb in _ARGUMENT_TOLD else ""
+            for notify in events.commandRefused:
+                notify(self.session, verb, argument, reply)
         if not last:
             return
         handler = self.conversation.handler
-        code = reply.code
         if code == 421 or (handler is not None and handler.disconnect):
             self.close()
             return
