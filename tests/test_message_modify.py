@@ -87,7 +87,7 @@ def test_everyModification(declared: bool) -> None:
     assertSameMessage(message, rendered(None))
     assert message["Subject"] == "[changed] a subject\tover two lines"
     assert "X-Secret" not in message
-    assert message.get_content() == NEW_BODY.decode("utf-8")
+    assert message.get_payload(decode=True) == NEW_BODY
     assert envelope.sender == NEW_SENDER
     assert tuple(r.address for r in envelope.recipients) == NEW_RECIPIENTS
     assert envelope.quarantine is None
