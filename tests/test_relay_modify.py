@@ -9,6 +9,7 @@ memory of a 20 MB message spooled (tracemalloc peak).
 
 from __future__ import annotations
 
+import smtplib
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from twisted.internet.threads import deferToThread
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import TestCase
 
-from esmtpkit import ESMTPFactory, ESMTPHandler
+from esmtpkit import ESMTPFactory, ESMTPHandler, LMTPFactory
 from esmtpkit.handlers import Chain, Maildir, Relay
 from esmtpkit.handlers.relay.options import RelayOptions
 from esmtpkit.testing import SMTPTestConnection, dotStuff
@@ -245,6 +246,64 @@ class RelayModifyTests(TestCase):
             file.seek(size - len(chunk))
             self.assertEqual(file.read(), chunk)
         self.assertLess(peak, 4 * 1024 * 1024, f"peak {peak} for {expected} bytes")
+
+
+class RelayModifyLMTPTests(TestCase):
+    """
+    Recipient changes between an LMTP client and an LMTP upstream: each of
+    the client's recipients gets the upstream's reply for it, or, when a
+    handler deleted it, the reply for the recipient added instead.
+    """
+
+    timeout = 60
+
+    async def lmtp(self, refuse: set[str]) -> tuple[list[Any], UpstreamScript]:
+        Modifier.rendered = []
+        script = UpstreamScript(refuse=refuse)
+        path = str(Path(self.mktemp()) / "Maildir")
+        upstream = await listen(
+            self, LMTPFactory(lambda: BareUpstream(path, script), hostname="up.test")
+        )
+
+        def relay() -> Relay:
+            return Relay(LOOPBACK, upstream, reactor=reactor, lmtp=True, tls="off")
+
+        factory = LMTPFactory(Chain.factory([Modifier, relay]), hostname="relay.test")
+        port = await listen(self, factory)
+
+        def client() -> Any:
+            with smtplib.LMTP(LOOPBACK, port, local_hostname="c.test") as s:
+                s.ehlo()
+                s.mail(SENDER)
+                for address in RECIPIENTS:
+                    s.rcpt(address)
+                s.putcmd("DATA")
+                s.getreply()
+                s.send(dotStuff(MESSAGE))
+                return [s.getreply() for _ in RECIPIENTS]
+
+        replies = await deferToThread(client)
+        await waitUntil(lambda: "QUIT" in script.commands)
+        return replies, script
+
+    async def test_replacedRecipientRefused(self) -> None:
+        """
+        bob is replaced by dave, whom the upstream refuses: bob gets dave's
+        refusal, carol her delivery.
+        """
+        replies, script = await self.lmtp({"dave@example.org"})
+        self.assertEqual(
+            replies[0], (550, b"5.1.1 <dave@example.org>: no such user here")
+        )
+        self.assertEqual(replies[1][0], 250)
+        self.assertIn("RCPT dave@example.org", script.commands)
+
+    async def test_replacedRecipientDelivered(self) -> None:
+        """
+        Both delivered: both get 250.
+        """
+        replies, _ = await self.lmtp(set())
+        self.assertEqual([code for code, _ in replies], [250, 250])
 
 
 class RelaySpoolOptionTests(TestCase):
