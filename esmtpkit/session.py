@@ -167,6 +167,8 @@ class Session(_HandlerData):
     @ivar esmtp: C{True} once the client greeted with EHLO.
     @ivar tls: L{TLSInfo} while the connection is encrypted, else L{None}.
     @ivar authenticated: the authenticated identity, or L{None}.
+    @ivar authMechanism: the SASL mechanism that authenticated it (such as
+        C{"PLAIN"}), or L{None}.
     @ivar transaction: the current L{Transaction}, or L{None}.
     @ivar messages: how many messages were accepted (for at least one
         recipient) on this connection.
@@ -183,6 +185,7 @@ class Session(_HandlerData):
     esmtp: bool = False
     tls: TLSInfo | None = None
     authenticated: Any = None
+    authMechanism: str | None = None
     transaction: Transaction | None = None
     messages: int = 0
     transactions: int = 0

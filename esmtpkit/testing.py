@@ -8,10 +8,17 @@ L{ESMTPProtocol} over an in-memory transport and a fake clock.
     assert conn.command("MAIL FROM:<a@example.org>").code == 250
     assert conn.command("RCPT TO:<b@example.org>").code == 250
     assert conn.sendMessage(b"Subject: hi\\r\\n\\r\\nHello\\r\\n").code == 250
+
+While the connection is driven (L{SMTPTestConnection.driving}), what a
+handler defers to a thread (L{esmtpkit.threads.deferToThread}: Maildir's
+fsync) runs inline, and L{SMTPTestConnection.command} and C{sendMessage}
+advance the fake clock while the handler waits on its timers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from twisted.internet import tcp
@@ -33,6 +40,8 @@ from .reply import Reply
 from .server.factory import ESMTPFactory, HandlerFactory, LMTPFactory
 from .settings import Settings
 from .smtp.connection import SMTPConnection
+from .testclock import DrivenClock, ServerClock
+from .threads import ThreadRunner, runInline, runningWith
 
 __all__ = [
     "SMTPTestConnection",
@@ -159,6 +168,8 @@ class SMTPTestConnection:
     @ivar protocol: the L{ESMTPProtocol <esmtpkit.ESMTPProtocol>}.
     @ivar factory: the L{ESMTPFactory}.
     @ivar log: a L{LogCollector} with the connection's log events.
+    @ivar threadRunner: the L{ThreadRunner <esmtpkit.threads.ThreadRunner>}
+        of handlers' thread work while the connection is driven.
     @ivar greeting: the greeting reply, or L{None} if the greeting is not
         out yet (an asynchronous CONNECT hook).
     """
@@ -174,6 +185,21 @@ class SMTPTestConnection:
     The factory of the server side (L{LMTPTestConnection} gives LMTP's).
     """
 
+    autoAdvanceLimit: float = 3600.0
+    """
+    At most this many fake seconds, and at most L{autoAdvanceSteps} timer
+    firings, do L{command} and L{sendMessage} advance the clock while the
+    handler waits on its timers (C{0}: they never advance it).
+    """
+
+    autoAdvanceSteps: int = 1000
+    """
+    At most this many due calls does one L{command} or L{sendMessage} run
+    while it advances the clock (see L{autoAdvanceLimit}).
+    """
+
+    _hello = "EHLO"
+
     def __init__(
         self,
         handlerFactory: HandlerFactory,
@@ -182,6 +208,7 @@ class SMTPTestConnection:
         peer: IAddress | None = None,
         clock: Clock | None = None,
         directSocket: SocketLike | None = None,
+        threadRunner: ThreadRunner = runInline,
         **overrides: Any,
     ) -> None:
         """
@@ -190,14 +217,23 @@ class SMTPTestConnection:
             L{OSError} (C{BlockingIOError} for a full buffer): replies are
             then written to it directly, as to the socket of a plain TCP
             connection (the transport is not L{transportFactory}'s then).
+        @param threadRunner: what runs the work handlers defer to threads
+            while the connection is driven (see L{driving}): inline by
+            default; give L{twisted.internet.threads.deferToThread} to test
+            with real threads and a running reactor.
         """
-        self.clock = clock or Clock()
+        self.threadRunner = threadRunner
+        if clock is None:
+            clock = DrivenClock()
+            clock.threadRunner = threadRunner
+        self.clock = clock
+        self._serverClock = ServerClock(self.clock)
         self.log = LogCollector()
         overrides.setdefault("hostname", "mx.example.test")
         self.factory = self.factoryClass(
             handlerFactory,
             settings,
-            clock=self.clock,
+            clock=self._serverClock,
             logObserver=self.log,
             **overrides,
         )
@@ -215,9 +251,32 @@ class SMTPTestConnection:
         self.protocol: SMTPConnection = self.factory.buildProtocol(peer)
         self.transport.protocol = self.protocol
         self._read = 0
-        self.protocol.makeConnection(self.transport)
+        with self.driving():
+            self.protocol.makeConnection(self.transport)
         replies = self.replies()
         self.greeting = replies[0] if replies else None
+
+    @contextmanager
+    def driving(self) -> Iterator[None]:
+        """
+        Within the block, what a handler defers to a thread with
+        L{esmtpkit.threads.deferToThread} runs with L{threadRunner}: by
+        default inline, before the call that deferred it returns. L{send},
+        L{command}, L{sendMessage}, L{replies}, L{advance}, L{close} and the
+        C{advance} of the clock the connection made itself drive the
+        connection this way; use this block where the test itself sets the
+        server going otherwise, such as firing a Deferred a hook waits on.
+        """
+        with runningWith(self.threadRunner):
+            yield
+
+    def advance(self, seconds: float) -> None:
+        """
+        Move the clock on by C{seconds}, running what fell due, with
+        threads run inline (see L{driving}).
+        """
+        with self.driving():
+            self.clock.advance(seconds)  # type: ignore[attr-defined]
 
     @property
     def handler(self) -> Any:
@@ -244,7 +303,8 @@ class SMTPTestConnection:
         """
         Deliver C{data} to the server as one read.
         """
-        self.protocol.dataReceived(data)
+        with self.driving():
+            self.protocol.dataReceived(data)
 
     @property
     def output(self) -> bytes:
@@ -265,21 +325,47 @@ class SMTPTestConnection:
         comes first).
         """
         if self._socket is not None:
-            self.clock.advance(0)
+            self.advance(0)
         output = self.output
         replies, rest = parseReplies(output[self._read :])
         self._read = len(output) - len(rest)
         return replies
 
+    def _awaitReplies(self, count: int) -> list[Reply]:
+        """
+        The replies, once C{count} have come, or as many as came while the
+        clock was advanced, one due call at a time, through the handler's
+        timers: as long as the handler has one pending (the server's own
+        timeouts alone are never waited for), within L{autoAdvanceLimit}
+        seconds and L{autoAdvanceSteps} steps.
+        """
+        replies = self.replies()
+        limit = self.clock.seconds() + self.autoAdvanceLimit
+        isServer = self._serverClock.isServerCall
+        for _ in range(self.autoAdvanceSteps):
+            if len(replies) >= count or self.closed:
+                break
+            pending = [c for c in self.clock.getDelayedCalls() if c.active()]
+            if all(isServer(c) for c in pending):
+                break
+            due = min(c.getTime() for c in pending)
+            if due > limit:
+                break
+            self.advance(max(0.0, due - self.clock.seconds()))
+            replies += self.replies()
+        return replies
+
     def command(self, line: str | bytes) -> Reply:
         """
-        Send one command line (CRLF is added) and return its reply.
+        Send one command line (CRLF is added) and return its reply. While
+        the reply waits on the handler's timers on L{clock}, the clock is
+        advanced (see L{autoAdvanceLimit}).
 
         @raise AssertionError: there was not exactly one reply.
         """
         data = line.encode("utf-8") if isinstance(line, str) else line
         self.send(data + b"\r\n")
-        replies = self.replies()
+        replies = self._awaitReplies(1)
         if len(replies) != 1:
             raise AssertionError(f"expected one reply to {line!r}, got {replies!r}")
         return replies[0]
@@ -287,23 +373,61 @@ class SMTPTestConnection:
     def sendMessage(self, message: bytes) -> Reply:
         """
         Send DATA, then C{message} dot-stuffed and terminated, and return
-        the reply to the end of data (after a 354).
+        the reply to the end of data (after a 354), advancing the clock as
+        L{command} does.
         """
         reply = self.command("DATA")
         if reply.code != 354:
             return reply
         self.send(dotStuff(message))
-        replies = self.replies()
+        replies = self._awaitReplies(1)
         if len(replies) != 1:
             raise AssertionError(f"expected one reply to the message, got {replies!r}")
         return replies[0]
+
+    def sendMail(
+        self, sender: str, recipients: str | Sequence[str], message: bytes
+    ) -> Reply:
+        """
+        One whole transaction, as C{smtplib}'s C{sendmail} makes it: C{EHLO}
+        first if the client has not greeted yet, C{MAIL FROM}, a C{RCPT TO}
+        for each recipient, then C{message} (L{sendMessage}).
+
+        @return: the reply to the end of the data; or the reply that ended
+            the transaction before it: a refused greeting or C{MAIL}, or the
+            last refusal when no recipient was accepted (the transaction is
+            then reset with C{RSET}).
+        """
+        return self._sendMail(sender, recipients, message)  # type: ignore[no-any-return]
+
+    def _sendMail(
+        self, sender: str, recipients: str | Sequence[str], message: bytes
+    ) -> Any:
+        if self.session.heloName is None:
+            hello = self.command(f"{self._hello} client.example")
+            if hello.code != 250:
+                return hello
+        reply = self.command(f"MAIL FROM:<{sender}>")
+        if reply.code != 250:
+            return reply
+        if isinstance(recipients, str):
+            recipients = [recipients]
+        accepted = False
+        for recipient in recipients:
+            reply = self.command(f"RCPT TO:<{recipient}>")
+            accepted = accepted or reply.code // 100 == 2
+        if not accepted:
+            self.command("RSET")
+            return reply
+        return self.sendMessage(message)
 
     def close(self) -> None:
         """
         Drop the connection from the client side.
         """
         if self.transport.connected:
-            self.transport.loseConnection()
+            with self.driving():
+                self.transport.loseConnection()
 
 
 class LMTPTestConnection(SMTPTestConnection):
@@ -321,6 +445,20 @@ class LMTPTestConnection(SMTPTestConnection):
     """
 
     factoryClass = LMTPFactory
+    _hello = "LHLO"
+
+    def sendMail(  # type: ignore[override]
+        self, sender: str, recipients: str | Sequence[str], message: bytes
+    ) -> list[Reply]:
+        """
+        One whole transaction, as L{SMTPTestConnection.sendMail} (C{LHLO}
+        first if needed), with one reply per accepted recipient.
+
+        @return: the replies to the end of the data, or a list of the one
+            reply that ended the transaction before it.
+        """
+        result = self._sendMail(sender, recipients, message)
+        return result if isinstance(result, list) else [result]
 
     def sendMessage(self, message: bytes) -> list[Reply]:  # type: ignore[override]
         """
@@ -328,11 +466,13 @@ class LMTPTestConnection(SMTPTestConnection):
         replies to the end of data, one per accepted recipient (or the one
         reply refusing DATA).
         """
+        transaction = self.session.transaction
+        expected = len(transaction.recipients) if transaction is not None else 1
         reply = self.command("DATA")
         if reply.code != 354:
             return [reply]
         self.send(dotStuff(message))
-        return self.replies()
+        return self._awaitReplies(max(1, expected))
 
 
 def dotStuff(message: bytes) -> bytes:

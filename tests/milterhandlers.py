@@ -126,3 +126,30 @@ def waitForMilter(port: int, timeout: float = 20.0, process: Any = None) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"no milter on port {port} within {timeout}s")
         time.sleep(0.05)
+
+
+class Rewriter(ESMTPHandler):
+    """
+    The same modifications whatever the face: run stand-alone in front of
+    Maildir (C{--handler tests.milterhandlers.Rewriter,esmtpkit.handlers.Maildir})
+    and as a milter inside Postfix, it must leave the same message in the
+    Maildir. At EOM: a header added, one inserted at the top and one after
+    the second header, the Subject changed, the second C{X-Tag} deleted, the
+    body replaced, the sender changed, a recipient added and one deleted.
+    """
+
+    def EOM(self) -> HookResult:
+        transaction = self.session.transaction
+        assert transaction is not None
+        changes = transaction.modifications
+        changes.addHeader("X-Added", "at the end")
+        changes.insertHeader(0, "X-Top", "first of all")
+        changes.insertHeader(2, "X-Third", "after two")
+        changes.changeHeader("Subject", "rewritten")
+        changes.deleteHeader("X-Tag", 2)
+        changes.changeHeader("X-Folded", "one\r\n\ttwo")
+        changes.replaceBody([b"New body, line one.\r\n", b".dot line\r\n", b"end\r\n"])
+        changes.changeSender(NEW_SENDER)
+        changes.addRecipient(ADDED_RECIPIENT)
+        changes.deleteRecipient(DELETED_RECIPIENT)
+        return None

@@ -914,7 +914,9 @@ class MaildirCancelledCommitTests(TestCase):
 
     def connect(self, **settings: Any) -> SMTPTestConnection:
         path = str(self.path)
-        return SMTPTestConnection(lambda: Maildir(path, fsync=True), **settings)
+        return SMTPTestConnection(
+            lambda: Maildir(path, fsync=True), threadRunner=deferToThread, **settings
+        )
 
     def transaction(self, conn: SMTPTestConnection) -> None:
         conn.command("EHLO client.example")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.threads import deferToThread
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import TestCase
 
@@ -286,7 +287,9 @@ class MaildirFsyncTests(TestCase):
         tmp/ is empty afterwards.
         """
         path = tempDir(self) / "Maildir"
-        conn = SMTPTestConnection(lambda: Maildir(str(path), fsync=True))
+        conn = SMTPTestConnection(
+            lambda: Maildir(str(path), fsync=True), threadRunner=deferToThread
+        )
         conn.send(b"EHLO client.example\r\n")
         envelope = b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
         conn.send(envelope)

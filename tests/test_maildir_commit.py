@@ -124,7 +124,9 @@ class DurableCommitTests(TestCase):
 
     def connect(self, **settings: Any) -> SMTPTestConnection:
         path = str(self.path)
-        conn = SMTPTestConnection(lambda: Maildir(path, fsync=True), **settings)
+        conn = SMTPTestConnection(
+            lambda: Maildir(path, fsync=True), threadRunner=deferToThread, **settings
+        )
         conn.send(b"EHLO client.example\r\n")
         conn.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
         return conn

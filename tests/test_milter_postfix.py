@@ -128,8 +128,11 @@ def test_policyThroughPostfix(
     assert postfix.deliveries(DELETED_RECIPIENT) == []
     postfix.waitForLog(rf"{queueId}: from=<{NEW_SENDER}>")
 
-    [stored] = maildirFiles(maildir, "new")
-    data = stored.read_bytes()
+    # One copy per recipient (Maildir writes Delivered-To for each).
+    copies = [path.read_bytes() for path in maildirFiles(maildir, "new")]
+    assert len(copies) == 2
+    [data] = [c for c in copies if b"\r\nDelivered-To: bob@example.org\r\n" in c]
+    data = data[data.index(b"Received:") :]  # after the delivery headers
     header, _, body = data.partition(b"\r\n\r\n")
     assert body == NEW_BODY
     fields = re.findall(rb"^([!-9;-~]+):", header, re.MULTILINE)
@@ -154,11 +157,12 @@ def test_policyThroughPostfix(
     assert f"from=<{NEW_SENDER}>" in log, log
     # The milter saw the client's header section byte for byte (leading
     # spaces and folding kept), without Postfix's own Received: header;
-    # Postfix counts that one all the same: index 0 inserts above it.
+    # Postfix counts that one all the same, and esmtpkit makes up for it:
+    # index 0 is the top of the message's own header section, below it.
     assert "headers=From,To,Subject,X-Folded " in text, text
     headerSize = MESSAGE.index(b"\r\n\r\n") + 4
     assert f"raw={headerSize}" in text, text
-    assert names[1:4] == ["x-milter-top", "received", "from"], names
+    assert names[1:4] == ["received", "x-milter-top", "from"], names
     assert "milter protocol error" not in milterServer.output()
     assert "Traceback" not in milterServer.output()
 
@@ -221,7 +225,10 @@ def test_smtplibSeesFinalReply(
         smtp.sendmail(DEFAULT_SENDER, ["bob@example.org"], MESSAGE)
     postfix.deliveryStatus("bob@example.org")
     postfix.deliveryStatus(ADDED_RECIPIENT)
-    assert len(maildirFiles(maildir, "new")) == 1
+    # One message: a copy for bob and one for the recipient the milter added.
+    stored = [p.read_bytes() for p in maildirFiles(maildir, "new")]
+    assert len(stored) == 2
+    assert all(b"\r\n\r\n" + NEW_BODY in data for data in stored)
 
 
 @pytest.mark.parametrize("version", ["2", "4"])
@@ -248,9 +255,123 @@ def test_olderProtocol(
     accepted = postfix.submit(MESSAGE)
     assert accepted.data is not None and accepted.data[0] == 250, accepted
     postfix.deliveryStatus(ADDED_RECIPIENT, accepted.queueId)
-    [stored] = maildirFiles(maildir, "new")
+    # A copy for bob and one for the recipient the milter added.
+    stored, _ = maildirFiles(maildir, "new")
     header, _, body = stored.read_bytes().partition(b"\r\n\r\n")
     assert body == NEW_BODY
     assert b"\r\nX-Milter: esmtpkit\r\n" in header + b"\r\n"
     assert b"\r\nX-Milter-Top: first\r\n" in header
     assert "milter protocol error" not in milterServer.output()
+
+
+REWRITTEN = (
+    b"From: Alice <alice@sender.test>\r\n"
+    b"To: Bob <bob@example.org>\r\n"
+    b"Date: Thu, 03 Dec 2026 10:00:00 +0000\r\n"
+    b"Message-ID: <modes.1@sender.test>\r\n"
+    b"Subject: original\r\n"
+    b"X-Tag: one\r\n"
+    b"X-Tag: two\r\n"
+    b"X-Folded: first\r\n"
+    b"\tsecond\r\n"
+    b"\r\n"
+    b"Original body.\r\n"
+)
+
+
+def _withoutReceived(data: bytes) -> bytes:
+    # The trace headers differ by face (Postfix adds its own); everything
+    # else must be the same.
+    header, separator, body = data.partition(b"\r\n\r\n")
+    kept: list[bytes] = []
+    skipping = False
+    for line in header.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        skipping = line.lower().startswith(b"received:")
+        if not skipping:
+            kept.append(line)
+    return b"\r\n".join(kept) + separator + body
+
+
+def _stored(maildir: Path) -> dict[bytes, bytes]:
+    copies: dict[bytes, bytes] = {}
+    for path in maildirFiles(maildir, "new"):
+        data = _withoutReceived(path.read_bytes())
+        found = re.search(rb"^Delivered-To: (.*)\r\n", data, re.MULTILINE)
+        assert found is not None, data
+        copies[found.group(1)] = data
+    return copies
+
+
+def test_sameMessageStandAloneAndAsMilter(
+    tmp_path: Path,
+    privatePostfix: Callable[..., PrivatePostfix],
+    relay: tuple[int, Path, TwistdServer],
+) -> None:
+    """
+    One handler's modifications give the same stored message, byte for
+    byte but for the Received: headers, when esmtpkit applies them itself
+    (the handler in a chain before Maildir) and when Postfix applies them
+    (the handler as Postfix's milter, Postfix relaying to Maildir).
+    """
+    recipients = ["bob@example.org", DELETED_RECIPIENT]
+    # As a milter.
+    relayPort, milterMaildir, _ = relay
+    milterPort = freePort()
+    folder = tmp_path / "rewriter-milter"
+    folder.mkdir()
+    args = ["-n", "--pidfile=", "esmtpkit", "--handler"]
+    args += ["tests.milterhandlers.Rewriter"]
+    args += ["-p", f"milter:tcp:{milterPort}:interface={LOOPBACK}"]
+    with TwistdServer(args, cwd=folder, port=None, env=_env()) as milterServer:
+        waitForMilter(milterPort, process=milterServer.process)
+        postfix = privatePostfix(
+            f"smtp:[{LOOPBACK}]:{relayPort}",
+            milters=[f"inet:{LOOPBACK}:{milterPort}"],
+        )
+        accepted = postfix.submit(REWRITTEN, recipients)
+        assert accepted.data is not None and accepted.data[0] == 250, accepted
+        assert accepted.queueId is not None
+        for recipient in ("bob@example.org", ADDED_RECIPIENT):
+            delivery = postfix.deliveryStatus(recipient, accepted.queueId)
+            assert delivery.status == "sent", delivery
+    viaMilter = _stored(milterMaildir)
+
+    # Stand-alone: the same handler in front of Maildir.
+    port = freePort()
+    standAlone = tmp_path / "standalone"
+    folder = tmp_path / "rewriter-smtp"
+    folder.mkdir()
+    args = ["-n", "--pidfile=", "esmtpkit", "--port"]
+    args += [f"tcp:{port}:interface={LOOPBACK}", "--maildir", str(standAlone)]
+    args += ["--handler", "tests.milterhandlers.Rewriter,esmtpkit.handlers.Maildir"]
+    with TwistdServer(args, cwd=folder, port=port, env=_env()):
+        with smtplib.SMTP(LOOPBACK, port, local_hostname="client.test") as smtp:
+            refused = smtp.sendmail(DEFAULT_SENDER, recipients, REWRITTEN)
+            assert refused == {}
+    direct = _stored(standAlone)
+
+    assert sorted(direct) == [b"bob@example.org", ADDED_RECIPIENT.encode()]
+    assert direct == viaMilter
+    sample = direct[b"bob@example.org"]
+    assert sample.startswith(f"Return-Path: <{NEW_SENDER}>\r\n".encode()), sample
+    header = sample.partition(b"\r\n\r\n")[0]
+    names = re.findall(rb"^([!-9;-~]+):", header, re.MULTILINE)
+    assert names[3:] == [
+        b"X-Top",
+        b"From",
+        b"X-Third",
+        b"To",
+        b"Date",
+        b"Message-ID",
+        b"Subject",
+        b"X-Tag",
+        b"X-Folded",
+        b"X-Added",
+    ], names
+    assert b"Subject: rewritten\r\n" in header
+    assert b"X-Tag: one\r\n" in header and b"X-Tag: two" not in header
+    assert sample.endswith(b"\r\n\r\nNew body, line one.\r\n.dot line\r\nend\r\n")

@@ -5,15 +5,26 @@ L{SMTPTestConnection} harness itself.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
-from esmtpkit import ESMTPHandler, Reply
-from esmtpkit.testing import LogCollector, SMTPTestConnection, dotStuff, parseReplies
+from esmtpkit import ESMTPHandler, Reply, threads
+from esmtpkit.handlers import Maildir
+from esmtpkit.testing import (
+    LMTPTestConnection,
+    LogCollector,
+    SMTPTestConnection,
+    dotStuff,
+    parseReplies,
+)
+from esmtpkit.threads import runInline
+
+from .helpers import maildirFiles, splitReceived, tempDir
 
 
 def greetingOf(conn: SMTPTestConnection) -> Reply:
@@ -309,3 +320,322 @@ class DirectSocketTests(SynchronousTestCase):
             self.assertEqual(conn.command("RSET").code, 250)
             self.assertEqual(conn.output, greeting + b"250 2.0.0 OK\r\n" * 2)
             self.assertEqual(sock.sent, [greeting] if error else [greeting, b"250"])
+
+
+class _Thread(ESMTPHandler):
+    """
+    Defers its EOM's work to a thread with L{esmtpkit.threads}, as Maildir
+    does; C{work} raises to fail it.
+    """
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.ran: list[int] = []
+
+    def work(self) -> str:
+        if self.fail:
+            raise OSError("disk on fire")
+        self.ran.append(threading.get_ident())
+        return "done"
+
+    def EOM(self) -> Deferred[Any]:
+        return threads.deferToThread(self.work).addCallback(lambda _: None)
+
+
+def _envelope(conn: SMTPTestConnection, hello: str = "EHLO") -> None:
+    assert conn.command(f"{hello} client.example").code == 250
+    assert conn.command("MAIL FROM:<alice@example.org>").code == 250
+    assert conn.command("RCPT TO:<bob@example.net>").code == 250
+
+
+class ThreadWorkTests(SynchronousTestCase):
+    """
+    What a handler defers to a thread runs inline while the test connection
+    drives it, so its reply is there when the call returns.
+    """
+
+    def test_maildirWithFsync(self) -> None:
+        """
+        Maildir with C{fsync=True} (its flush deferred to a thread) delivers
+        under L{SMTPTestConnection}: 250, the message in new/, tmp/ empty.
+        """
+        path = tempDir(self) / "Maildir"
+        conn = SMTPTestConnection(lambda: Maildir(str(path), fsync=True))
+        _envelope(conn)
+        self.assertEqual(conn.sendMessage(b"Subject: hi\r\n\r\nHello\r\n").code, 250)
+        [delivered] = maildirFiles(path, "new")
+        self.assertEqual(
+            splitReceived(delivered.read_bytes())[1], b"Subject: hi\r\n\r\nHello\r\n"
+        )
+        self.assertEqual(maildirFiles(path, "tmp"), [])
+
+    def test_maildirWithFsyncOverLMTP(self) -> None:
+        """
+        The same under L{LMTPTestConnection}: one 250 per recipient, and
+        a copy for each.
+        """
+        path = tempDir(self) / "Maildir"
+        conn = LMTPTestConnection(lambda: Maildir(str(path), fsync=True))
+        _envelope(conn, "LHLO")
+        self.assertEqual(conn.command("RCPT TO:<carol@example.net>").code, 250)
+        replies = conn.sendMessage(b"Subject: hi\r\n\r\nHello\r\n")
+        self.assertEqual([r.code for r in replies], [250, 250])
+        self.assertEqual(len(maildirFiles(path, "new")), 2)
+
+    def test_inlineInTheTestThread(self) -> None:
+        """
+        The work runs in the test's thread, before C{sendMessage} returns.
+        """
+        conn = SMTPTestConnection(_Thread)
+        _envelope(conn)
+        self.assertEqual(conn.sendMessage(b"x\r\n").code, 250)
+        self.assertEqual(conn.handler.ran, [threading.get_ident()])
+
+    def test_failure(self) -> None:
+        """
+        Work that raises fails the hook: 451, and the error is logged.
+        """
+        conn = SMTPTestConnection(lambda: _Thread(fail=True))
+        _envelope(conn)
+        reply = conn.sendMessage(b"x\r\n")
+        self.assertEqual((reply.code, reply.enhanced), (451, "4.3.0"))
+        failures = [e["log_failure"] for e in conn.log.events if "log_failure" in e]
+        self.assertTrue(any(f.check(OSError) for f in failures))
+
+    def test_onlyWhileDriving(self) -> None:
+        """
+        Outside the connection's calls the runner is back to the default:
+        C{driving()} is a block, not a switch.
+        """
+        seen: list[Any] = []
+        conn = SMTPTestConnection(ESMTPHandler)
+        with conn.driving():
+            seen.append(threads._local.runner)
+        seen.append(getattr(threads._local, "runner", None))
+        self.assertEqual(seen, [runInline, None])
+
+    def test_drivingFiresADeferredTheTestHolds(self) -> None:
+        """
+        A hook that waits on a Deferred the test fires, then defers to a
+        thread: fired within C{driving()}, the reply is there at once.
+        """
+        gate: Deferred[None] = Deferred()
+
+        class Gated(_Thread):
+            async def EOM(self) -> None:  # type: ignore[override]
+                await gate
+                await threads.deferToThread(self.work)
+
+        conn = SMTPTestConnection(Gated)
+        _envelope(conn)
+        conn.command("DATA")
+        conn.send(dotStuff(b"x\r\n"))
+        self.assertEqual(conn.replies(), [])
+        with conn.driving():
+            gate.callback(None)
+        self.assertEqual([r.code for r in conn.replies()], [250])
+
+    def test_ownClockAdvance(self) -> None:
+        """
+        The clock the connection made itself runs thread work inline when a
+        test advances it directly.
+        """
+
+        class Later(_Thread):
+            def EOM(self) -> Deferred[Any]:
+                later = deferLater(conn.clock, 5, threads.deferToThread, self.work)
+                return later.addCallback(lambda _: None)
+
+        conn = SMTPTestConnection(Later)
+        _envelope(conn)
+        conn.command("DATA")
+        conn.send(dotStuff(b"x\r\n"))
+        conn.clock.advance(5)
+        self.assertEqual([r.code for r in conn.replies()], [250])
+
+    def test_realThreads(self) -> None:
+        """
+        C{threadRunner} replaces the inline runner.
+        """
+        calls: list[Any] = []
+
+        def runner(f: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+            calls.append(f)
+            return Deferred()  # a thread that never finishes
+
+        conn = SMTPTestConnection(_Thread, threadRunner=runner)
+        _envelope(conn)
+        conn.command("DATA")
+        conn.send(dotStuff(b"x\r\n"))
+        self.assertEqual(calls, [conn.handler.work])
+        self.assertEqual(conn.replies(), [])
+
+
+class _Timers(ESMTPHandler):
+    """
+    EHLO waits C{delays} seconds, one timer after the other, on C{clock}.
+    """
+
+    def __init__(self, clock: Clock, *delays: float) -> None:
+        self.clock = clock
+        self.delays = delays
+
+    async def EHLO(self, domain: str) -> None:
+        for delay in self.delays:
+            await deferLater(self.clock, delay, lambda: None)
+
+
+class AutoAdvanceTests(SynchronousTestCase):
+    """
+    C{command} and C{sendMessage} advance the clock while the handler waits
+    on its own timers, never for the server's timeouts alone, and within
+    bounds.
+    """
+
+    def test_handlerTimers(self) -> None:
+        """
+        A hook that waits on two timers in a row is answered; the clock has
+        moved on by their sum.
+        """
+        clock = Clock()
+        conn = SMTPTestConnection(lambda: _Timers(clock, 10, 5), clock=clock)
+        self.assertEqual(conn.command("EHLO client.example").code, 250)
+        self.assertEqual(clock.seconds(), 15)
+
+    def test_notForTheServerTimeouts(self) -> None:
+        """
+        A hook that waits on something only the test can fire is not
+        answered by advancing to the hook timeout: C{command} raises, and
+        the clock has not moved.
+        """
+        d: Deferred[None] = Deferred()
+
+        class Waits(ESMTPHandler):
+            def NOOP(self) -> Deferred[None]:
+                return d
+
+        conn = SMTPTestConnection(Waits, hookTimeout=5)
+        self.assertRaises(AssertionError, conn.command, "NOOP")
+        self.assertEqual(conn.clock.seconds(), 0)
+        conn.clock.advance(5)
+        self.assertEqual([r.code for r in conn.replies()], [451])
+
+    def test_handlerTimerPastTheHookTimeout(self) -> None:
+        """
+        A handler timer due after the hook timeout: the timeout comes first,
+        as on a real server (451 at 5 s).
+        """
+        clock = Clock()
+        conn = SMTPTestConnection(
+            lambda: _Timers(clock, 100), clock=clock, hookTimeout=5
+        )
+        reply = conn.command("EHLO client.example")
+        self.assertEqual(reply.code, 451)
+        self.assertEqual(clock.seconds(), 5)
+
+    def test_bounded(self) -> None:
+        """
+        A handler that keeps a timer pending for ever (a looping call) with
+        no hook timeout: advancing stops at L{autoAdvanceSteps}; C{command}
+        raises.
+        """
+        clock = Clock()
+        loop = LoopingCall(lambda: None)
+        loop.clock = clock
+        loop.start(1)
+        self.addCleanup(loop.stop)
+        pending: list[Deferred[None]] = []
+
+        class Waits(ESMTPHandler):
+            def NOOP(self) -> Deferred[None]:
+                pending.append(Deferred())
+                return pending[-1]
+
+        conn = SMTPTestConnection(Waits, clock=clock, hookTimeout=0, idleTimeout=3600)
+        conn.command("EHLO client.example")
+        conn.autoAdvanceSteps = 50
+        self.assertRaises(AssertionError, conn.command, "NOOP")
+        self.assertEqual(clock.seconds(), 50)
+        conn.autoAdvanceSteps, conn.autoAdvanceLimit = 10**6, 30
+        pending[0].callback(None)
+        self.assertEqual([r.code for r in conn.replies()], [250])
+        self.assertRaises(AssertionError, conn.command, "NOOP")
+        self.assertEqual(clock.seconds(), 80)
+
+    def test_sendMessage(self) -> None:
+        """
+        C{sendMessage} advances the clock through an EOM's timers too, for
+        SMTP and for LMTP (until every recipient has its reply).
+        """
+        clock = Clock()
+
+        class Slow(ESMTPHandler):
+            def EOM(self) -> Deferred[None]:
+                return deferLater(clock, 30, lambda: None)
+
+        smtp = SMTPTestConnection(Slow, clock=clock)
+        _envelope(smtp)
+        self.assertEqual(smtp.sendMessage(b"x\r\n").code, 250)
+        self.assertEqual(clock.seconds(), 30)
+        lmtp = LMTPTestConnection(Slow, clock=clock)
+        _envelope(lmtp, "LHLO")
+        self.assertEqual(lmtp.command("RCPT TO:<carol@example.net>").code, 250)
+        self.assertEqual([r.code for r in lmtp.sendMessage(b"x\r\n")], [250, 250])
+        self.assertEqual(clock.seconds(), 60)
+
+
+class _Gatekeeper(ESMTPHandler):
+    def MAIL(self, sender: str, params: Any) -> Any:
+        return (550, "5.7.1 Not you") if sender == "spammer@example.com" else None
+
+    def RCPT(self, recipient: str, params: Any) -> Any:
+        return (550, "5.1.1 No such user") if recipient.startswith("x") else None
+
+
+class SendMailTests(SynchronousTestCase):
+    """
+    C{sendMail} runs a whole transaction, greeting first if needed.
+    """
+
+    def test_whole(self) -> None:
+        """
+        EHLO once, then MAIL, RCPT, DATA and the message; the end of data's
+        reply is returned; a refused recipient among accepted ones is
+        skipped.
+        """
+        conn = SMTPTestConnection(_Gatekeeper)
+        for _ in range(2):
+            reply = conn.sendMail("a@example.org", ["x@example.org", "b@ex.org"], b"x")
+            self.assertEqual(reply.code, 250)
+        self.assertEqual(conn.session.heloName, "client.example")
+        self.assertTrue(conn.session.esmtp)
+        self.assertEqual(conn.session.messages, 2)
+
+    def test_refusals(self) -> None:
+        """
+        A refused MAIL is returned; so is the last refusal when no
+        recipient was accepted, and the transaction is reset.
+        """
+        conn = SMTPTestConnection(_Gatekeeper)
+        self.assertEqual(
+            conn.sendMail("spammer@example.com", "b@ex.org", b"x").code, 550
+        )
+        reply = conn.sendMail("a@example.org", ["x1@ex.org", "x2@ex.org"], b"x")
+        self.assertEqual((reply.code, reply.enhanced), (550, "5.1.1"))
+        self.assertIsNone(conn.session.transaction)
+        self.assertEqual(conn.sendMail("a@example.org", "b@ex.org", b"x").code, 250)
+
+    def test_lmtp(self) -> None:
+        """
+        Under LMTP: LHLO, and one reply per accepted recipient.
+        """
+        conn = LMTPTestConnection(_Gatekeeper)
+        replies = conn.sendMail(
+            "a@example.org", ["b@ex.org", "x@ex.org", "c@ex.org"], b"x"
+        )
+        self.assertEqual([r.code for r in replies], [250, 250])
+        self.assertEqual(conn.session.heloName, "client.example")
+        self.assertEqual(
+            [r.code for r in conn.sendMail("spammer@example.com", "b@ex.org", b"x")],
+            [550],
+        )

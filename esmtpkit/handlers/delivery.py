@@ -12,11 +12,11 @@ import os
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
-from twisted.internet import threads
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .. import threads
 from ..core.rewrite import ModifiedMessage, bodyChunks
 from ..reply import HookResult, Reply
 

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from ..core.content import Content
 from ..reply import Reply
 from . import wire
+from .macros import hiddenHeaders
 from .replies import ModificationRefused, modificationPackets
 
 if TYPE_CHECKING:
@@ -151,6 +152,7 @@ class MessageSteps:
                 transaction.modifications,
                 self.negotiated.actions,
                 self.negotiated.leadingSpace,
+                insertOffset=hiddenHeaders(self.session.macros),
             )
             try:
                 first = next(packets, None)

@@ -52,7 +52,14 @@ STAGES = {
 #: The macros the face asks for at each stage: those the session is filled
 #: from (see L{esmtpkit.milter.macros}).
 MACROS: dict[int, tuple[str, ...]] = {
-    wire.SMFIM_CONNECT: ("j", "{daemon_name}", "{daemon_addr}", "{daemon_port}", "_"),
+    wire.SMFIM_CONNECT: (
+        "j",
+        "{daemon_name}",
+        "{daemon_addr}",
+        "{daemon_port}",
+        "_",
+        "v",
+    ),
     wire.SMFIM_HELO: ("{tls_version}", "{cipher}", "{cipher_bits}", "{cert_subject}"),
     wire.SMFIM_ENVFROM: ("i", "{auth_type}", "{auth_authen}", "{mail_addr}"),
     wire.SMFIM_ENVRCPT: ("i", "{rcpt_addr}"),

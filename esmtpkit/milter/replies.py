@@ -84,17 +84,23 @@ def _address(address: str) -> str:
 
 
 def modificationPackets(
-    changes: Modifications, actions: int, leadingSpace: bool
+    changes: Modifications, actions: int, leadingSpace: bool, insertOffset: int = 0
 ) -> Iterator[bytes]:
     """
     The SMFIR_* requests for C{changes}, in the order the MTA applies them:
     header changes in the order asked, then the sender, the recipients
-    added and deleted, the body (its chunks in a row: Postfix cannot mix
-    other requests into a body replacement) and the quarantine.
+    added and deleted (in the order asked: a deletion after an addition of
+    the same address removes it again, as stand-alone), the body (its
+    chunks in a row: Postfix cannot mix other requests into a body
+    replacement) and the quarantine.
 
     @param actions: the actions negotiated (SMFIF_*).
     @param leadingSpace: SMFIP_HDR_LEADSPC was negotiated: header values go
         with the space after the colon.
+    @param insertOffset: added to each C{insertHeader} index: 1 for an MTA
+        that counts a header of its own the milter never saw (Postfix, its
+        C{Received:}), so that index 0 is the top of the message's own
+        header section under every face.
     @raise ModificationRefused: a change needs an action not negotiated
         (raised before any packet is yielded).
     """
@@ -104,7 +110,7 @@ def modificationPackets(
         if change.kind == "add":
             yield wire.packet(wire.ADDHEADER, wire.strings(change.name, value))
         elif change.kind == "insert":
-            data = wire.encodeIndexed(change.index, change.name, value)
+            data = wire.encodeIndexed(change.index + insertOffset, change.name, value)
             yield wire.packet(wire.INSHEADER, data)
         else:
             data = wire.encodeIndexed(change.index, change.name, value)
@@ -115,14 +121,14 @@ def modificationPackets(
         if params:
             parts.append(formatParams(params))
         yield wire.packet(wire.CHGFROM, wire.strings(*parts))
-    for address, params in changes.added:
-        if params:
+    for kind, address, params in changes.recipientChanges:
+        if kind == "delete":
+            yield wire.packet(wire.DELRCPT, wire.strings(_address(address)))
+        elif params:
             data = wire.strings(_address(address), formatParams(params))
             yield wire.packet(wire.ADDRCPT_PAR, data)
         else:
             yield wire.packet(wire.ADDRCPT, wire.strings(_address(address)))
-    for address in changes.deleted:
-        yield wire.packet(wire.DELRCPT, wire.strings(_address(address)))
     if changes.body is not None:
         empty = True
         for chunk in bodyChunks(changes.body):

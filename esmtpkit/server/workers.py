@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -32,10 +32,13 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.runner.procmon import ProcessMonitor
 from zope.interface import implementer
 
 from .drain import GRACE
+
+if TYPE_CHECKING:
+    # (twisted.runner.procmon installs the global reactor as it is imported.)
+    from twisted.runner.procmon import ProcessMonitor
 
 __all__ = ["WorkerSupervisor", "AdoptedPortService", "listeningDescription", "cores"]
 
@@ -222,6 +225,8 @@ class WorkerSupervisor(Service):
         self._open()
         fds = [port.fileno() for port in self._listening]
         spawner: Any = _SpawnWithSockets(self._reactor, fds, self.workerExited)
+        from twisted.runner.procmon import ProcessMonitor
+
         self.monitor = ProcessMonitor(reactor=spawner)
         inherited: list[str] = []
         for index, description in enumerate(self.ports):

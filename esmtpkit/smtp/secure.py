@@ -189,6 +189,7 @@ class Security:
         session.heloName = None
         session.esmtp = False
         session.authenticated = None
+        session.authMechanism = None
         self._handshaking = True
         # The 220 goes out in plaintext, before the handshake; from then on,
         # everything goes through TLS.
@@ -356,6 +357,7 @@ class Security:
         def answered(reply: Reply) -> None:
             if reply.code // 100 == 2:
                 wire.session.authenticated = identity
+                wire.session.authMechanism = self._mechanism
                 for notify in wire.server.events.authSucceeded:
                     notify(wire.session, self._mechanism, identity)
                 wire.writeReply(reply)
