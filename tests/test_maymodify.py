@@ -5,11 +5,16 @@ before it (in it or in an enclosing chain) declares it.
 
 from __future__ import annotations
 
+from twisted.internet.testing import MemoryReactorClock
+
 from esmtpkit import ESMTPHandler
 from esmtpkit.core.modifications import declaresModifications, modifiedBefore
-from esmtpkit.handlers import Chain
+from esmtpkit.handlers import Chain, Relay
+from esmtpkit.milter.connector import MilterConnector
+from esmtpkit.milter.front import withMilters
 from esmtpkit.testing import SMTPTestConnection
 
+from .helpers import LOOPBACK
 from .modifyhelpers import Modifier
 
 
@@ -32,6 +37,24 @@ def test_modifiedBefore() -> None:
     assert seen == [False, False, True, True]
     assert modifiedBefore(plain.handlers[3].handlers[0].session)
     assert [modifiedBefore(h.session) for h in first.handlers] == [False, False, True]
+    conn.close()
+
+
+def test_milterFilterDeclares() -> None:
+    """
+    A milter filter declares C{mayModify}: the handler behind the milters
+    (through the discard gate) sees C{modifiedBefore}, and a relay there
+    spools.
+    """
+    memory = MemoryReactorClock()  # the milter is never reached
+    connector = MilterConnector("unix:/nonexistent/milter.sock", reactor=memory)
+    relay = Relay(LOOPBACK, 25)
+    chain = withMilters([connector], lambda: relay)()
+    conn = SMTPTestConnection(lambda: chain)
+    assert declaresModifications(chain.handlers[0])
+    assert modifiedBefore(relay.session)
+    assert relay.spools()
+    assert not Relay(LOOPBACK, 25, spool="never").spools()
     conn.close()
 
 
