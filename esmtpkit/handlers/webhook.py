@@ -239,6 +239,7 @@ class Webhook(ESMTPHandler):
         assert transaction is not None
         envelope = envelopeOf(self.session)
         envelope["quarantine"] = None
+        delivery: Deferred[Any]
         if not transaction.modified:
             envelope["size"] = transaction.size
             delivery = self.client.deliver(spool, _dumps(envelope), transaction.id)
@@ -246,8 +247,12 @@ class Webhook(ESMTPHandler):
             message = ModifiedMessage(transaction)
             modifiedEnvelope(envelope, message)
             offset = len(transaction.rawHeaders)
-            delivery = deferToThread(self._render, spool, message, offset)
-            delivery.addCallback(self._postRendered, envelope, transaction.id)
+            rendering: Deferred[IO[bytes]] = deferToThread(
+                self._render, spool, message, offset
+            )
+            delivery = rendering.addCallback(
+                self._postRendered, envelope, transaction.id
+            )
             delivery.addErrback(self._renderFailed)
         self._delivery = delivery
         return delivery.addBoth(self._delivered)

@@ -26,6 +26,8 @@ from .client import DotStuffer, UpstreamError, UpstreamLost
 from .upstream import errorReply, mailParameters, rcptParameters
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from .upstream import UpstreamConfig, UpstreamSession
 
 __all__ = ["SPOOL_MODES", "QUARANTINED", "SPOOL_FAILED", "SpoolingRelay"]
@@ -87,6 +89,20 @@ class SpoolingRelay:
     _accepted: list[str]
     _refused: dict[str, Reply]
     _stuffer: DotStuffer | None
+
+    if TYPE_CHECKING:  # the relay's own, which this mixin uses
+
+        def _open(self) -> UpstreamSession | None: ...
+        async def _connect(self) -> UpstreamSession: ...
+        def _drop(self) -> None: ...
+        def _resetTransaction(self) -> None: ...
+        def _passOn(self, reply: Reply, expected: int = 2) -> Reply: ...
+        def _failed(self, error: UpstreamError) -> Reply: ...
+        async def _command(self, line: str) -> Reply: ...
+        def _write(self, data: bytes) -> Deferred[None] | None: ...
+        async def _endMessage(
+            self, upstream: UpstreamSession, stuffer: DotStuffer, accepted: int
+        ) -> list[Reply]: ...
 
     def spools(self) -> bool:
         """
