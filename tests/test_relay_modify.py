@@ -188,6 +188,31 @@ class RelayModifyTests(TestCase):
         self.assertEqual(self.stored(), [])
         self.assertEqual(self.script.commands[-2:], ["RSET", "QUIT"])
 
+    async def test_spoolUnusable(self) -> None:
+        """
+        A spool folder that cannot be written: DATA gets 452 4.3.1, and
+        nothing reaches the upstream.
+        """
+        missing = str(Path(self.mktemp()) / "missing")
+        upstream = await self.upstream()
+
+        def relay() -> Relay:
+            return Relay(LOOPBACK, upstream, reactor=reactor, spoolDir=missing)
+
+        port = await listen(self, ESMTPFactory(Chain.factory([Modifier, relay])))
+
+        def client() -> Any:
+            with smtp(port) as s:
+                s.mail(SENDER)
+                s.rcpt(RECIPIENTS[0])
+                return s.docmd("DATA")
+
+        code, text = await deferToThread(client)
+        self.assertEqual((code, text[:5]), (452, b"4.3.1"))
+        await waitUntil(lambda: "QUIT" in self.script.commands)
+        self.assertNotIn("DATA", self.script.commands)
+        self.assertEqual(self.stored(), [])
+
     async def test_twentyMegabytesSpooled(self) -> None:
         """
         A 20 MB message through C{[Modifier, Relay]} (headers changed) is
