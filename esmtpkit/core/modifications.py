@@ -30,7 +30,13 @@ from typing import IO, TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from ..session import Params
 
-__all__ = ["BodySource", "HeaderChange", "Modifications"]
+__all__ = [
+    "BodySource",
+    "HeaderChange",
+    "Modifications",
+    "declaresModifications",
+    "modifiedBefore",
+]
 
 #: A replacement body: the body's bytes with CRLF line endings, streamed --
 #: given whole, as an iterable of chunks, or as a binary file read from its
@@ -185,6 +191,26 @@ class Modifications:
         if not reason:
             raise ValueError("a quarantine needs a reason")
         self.quarantine = _value(reason)
+
+
+def declaresModifications(handler: object) -> bool:
+    """
+    Whether C{handler} declares that its EOM may record modifications: its
+    C{mayModify} attribute is true (a filter sets C{mayModify = True} on its
+    class; a L{Chain <esmtpkit.handlers.Chain>} declares it when a member
+    does). A delivering handler after it then holds the message back until
+    EOM (the relay spools it) so that it can apply them.
+    """
+    return bool(getattr(handler, "mayModify", False))
+
+
+def modifiedBefore(session: object) -> bool:
+    """
+    Whether a handler that runs EOM before the one whose C{session} this is
+    (an earlier member of its chain, or of an enclosing chain) declares
+    modifications (L{declaresModifications}); false outside a chain.
+    """
+    return bool(getattr(session, "modifiedBefore", False))
 
 
 def _name(name: str) -> str:

@@ -36,6 +36,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
+from ..core.modifications import declaresModifications, modifiedBefore
 from ..core.results import PerRecipient
 from ..handler import NO_OPINION, ESMTPHandler, skippableFor
 from ..interfaces import IESMTPHandler
@@ -172,7 +173,9 @@ class Chain(ESMTPHandler):
     its own C{disconnect}; the chain disconnects after a reply when any
     member asked to. C{transaction.modifications} is shared: what one member
     records, later ones see. The whole chain's answer to a hook counts as
-    one hook against C{Settings.hookTimeout}.
+    one hook against C{Settings.hookTimeout}. A member's
+    C{session.modifiedBefore} says whether a member before it declares
+    C{mayModify} (so a relay last in the chain spools the message).
 
     @ivar handlers: the members, in order.
     """
@@ -243,9 +246,18 @@ class Chain(ESMTPHandler):
     @session.setter
     def session(self, session: Session) -> None:
         self._session = session
+        before = modifiedBefore(session)
         for handler in self.handlers:
-            handler.session = MemberSession(session)
+            handler.session = MemberSession(session, before)
             handler.disconnect = False
+            before = before or declaresModifications(handler)
+
+    @property
+    def mayModify(self) -> bool:
+        """
+        Whether a member declares modifications (C{mayModify}).
+        """
+        return any(declaresModifications(h) for h in self.handlers)
 
     @property  # type: ignore[override]
     def disconnect(self) -> bool:

@@ -6,13 +6,16 @@ C{handle_message(message, envelope)}, whose result is the reply.
 from __future__ import annotations
 
 import email.policy
+import tempfile
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.parser import BytesFeedParser
-from typing import Any
+from email.parser import BytesFeedParser, BytesParser
+from typing import IO, Any
 
 from twisted.python.usage import UsageError
 
+from ..core.modifications import declaresModifications, modifiedBefore
+from ..core.rewrite import ModifiedMessage
 from ..handler import ESMTPHandler
 from ..reply import HookResult, Reply, ReplyError
 from ..server.startup import StartupError, resolveName
@@ -22,6 +25,16 @@ from .options import HandlerOptions, positiveInt
 __all__ = ["Envelope", "Message", "MessageOptions"]
 
 TOO_BIG = Reply(552, "Message too large for this service", enhanced="5.3.4")
+MODIFIED = Reply(
+    451,
+    "Requested action aborted: cannot apply the message modifications",
+    enhanced="4.3.0",
+)
+SPOOL_FAILED = Reply(452, "Insufficient system storage", enhanced="4.3.1")
+
+# Headers that decide how the body is parsed: changed without the body
+# received at hand, the parse cannot follow.
+_STRUCTURE = ("content-", "mime-version")
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,11 @@ class Envelope:
     @ivar transactionId: the transaction id (as in the 250 reply and logs).
     @ivar sessionId: the session id.
     @ivar size: the message's size in bytes, as received.
+    @ivar quarantine: the reason a handler before this one quarantined the
+        message (C{modifications.quarantineMessage}), or L{None}.
+
+    Under L{modifications <esmtpkit.session.Transaction.modifications>},
+    C{sender}, C{mailParams} and C{recipients} are the modified envelope's.
     """
 
     sender: str
@@ -55,18 +73,23 @@ class Envelope:
     transactionId: str
     sessionId: str
     size: int
+    quarantine: str | None = None
 
     @classmethod
     def fromSession(cls, session: Session) -> Envelope:
         """
-        The envelope of C{session}'s open transaction.
+        The envelope of C{session}'s open transaction, as its modifications
+        make it.
         """
         transaction = session.transaction
         assert transaction is not None
+        modified = ModifiedMessage(transaction)
+        changed = modified.envelope
         return cls(
-            sender=transaction.sender,
-            mailParams=transaction.mailParams,
-            recipients=tuple(transaction.recipients),
+            sender=changed.sender,
+            mailParams=changed.senderParams,
+            recipients=changed.recipients,
+            quarantine=modified.quarantine,
             clientAddress=session.peerHost,
             clientPort=getattr(session.peer, "port", None),
             heloName=session.heloName,
@@ -111,6 +134,16 @@ class Message(ESMTPHandler):
     Subclass it and define C{handle_message}, or give a function:
     C{Message(handle_message=func)}, C{--handler-option function=mod.func}.
 
+    The message is the one the L{modifications
+    <esmtpkit.session.Transaction.modifications>} recorded before this
+    handler's EOM make it (what L{ModifiedMessage} renders). When this
+    handler or one before it in a chain declares C{mayModify}, the body is
+    spooled to an unnamed temporary file and parsed at EOM as modified;
+    otherwise it is parsed as it streams in, and modifications found at EOM
+    are applied to the parsed message (a new body is parsed afresh, new
+    headers replace the old); a change of a C{Content-*} or C{MIME-Version}
+    header that way cannot be followed and gets C{451 4.3.0}.
+
     Memory: the whole message is held, parsed, until C{handle_message} has
     answered -- several times its size in Python objects (the parser keeps
     the lines, then the parts' payloads as text). The server's size limit,
@@ -132,6 +165,7 @@ class Message(ESMTPHandler):
             self.handle_message = handle_message
         self.maxSize = maxSize
         self._parser: BytesFeedParser | None = None
+        self._spool: IO[bytes] | None = None
         self._size = 0
 
     @classmethod
@@ -164,13 +198,23 @@ class Message(ESMTPHandler):
         return None
 
     def DATA(self) -> HookResult:
+        self._closeSpool()
         self._parser = BytesFeedParser(policy=email.policy.default)
         self._size = 0
+        if declaresModifications(self) or modifiedBefore(self.session):
+            try:
+                self._spool = tempfile.TemporaryFile()
+            except OSError:
+                self._parser = None
+                return SPOOL_FAILED
         return None
 
     def EOH(self) -> HookResult:
         transaction = self.session.transaction
         assert transaction is not None
+        if self._spool is not None:
+            self._count(len(transaction.rawHeaders))  # written at EOM
+            return None
         self._feed(transaction.rawHeaders)
         return None
 
@@ -178,27 +222,90 @@ class Message(ESMTPHandler):
         self._feed(chunk)
         return None
 
-    def _feed(self, data: bytes) -> None:
-        parser = self._parser
-        if parser is None:
-            return
-        self._size += len(data)
+    def _count(self, size: int) -> None:
+        self._size += size
         if self.maxSize is not None and self._size > self.maxSize:
             self._parser = None  # let it go now, not at the end of the data
+            self._closeSpool()
             raise ReplyError(TOO_BIG)
-        parser.feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        if self._parser is None:
+            return
+        self._count(len(data))
+        spool = self._spool
+        if spool is None:
+            self._parser.feed(data)
+            return
+        try:
+            spool.write(data)
+        except OSError:
+            self._parser = None
+            self._closeSpool()
+            raise ReplyError(SPOOL_FAILED) from None
 
     def EOM(self) -> HookResult:
         parser, self._parser = self._parser, None
-        assert parser is not None
-        message = parser.close()
+        spool, self._spool = self._spool, None
+        transaction = self.session.transaction
+        assert parser is not None and transaction is not None
+        if spool is not None:
+            try:
+                spool.seek(0)
+                for chunk in ModifiedMessage(transaction).chunks(spool):
+                    parser.feed(chunk)
+            finally:
+                spool.close()
+            message = parser.close()
+        else:
+            message = parser.close()
+            if transaction.modified:
+                message = _applied(message, transaction)
         envelope = Envelope.fromSession(self.session)
         return self.handle_message(message, envelope)  # type: ignore[arg-type]
 
+    def _closeSpool(self) -> None:
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close()
+
     def ABORT(self) -> HookResult:
         self._parser = None
+        self._closeSpool()
         return None
 
     def DISCONNECT(self) -> HookResult:
         self._parser = None
+        self._closeSpool()
         return None
+
+
+def _applied(message: Any, transaction: Any) -> Any:
+    """
+    C{message}, parsed as it streamed in, as the transaction's
+    modifications make it: parsed afresh with a new body; else its headers
+    replaced by the new header section's, as a parse of it gives them.
+
+    @raise ReplyError: a header that decides the body's structure changed
+        and the body received is gone (451 4.3.0).
+    """
+    modified = ModifiedMessage(transaction)
+    policy = email.policy.default
+    if modified.replacement is not None:
+        parser = BytesFeedParser(policy=policy)
+        for chunk in modified.chunks(b""):
+            parser.feed(chunk)
+        return parser.close()
+    if not modified.headersChanged:
+        return message
+    changes = transaction.modifications.headers
+    if any(c.name.lower().startswith(_STRUCTURE) for c in changes):
+        raise ReplyError(MODIFIED)
+    headers = BytesParser(policy=policy).parsebytes(
+        modified.headerSection, headersonly=True
+    )
+    for name in set(message.keys()):
+        del message[name]
+    for name, value in headers.raw_items():
+        message.set_raw(name, value)
+    return message

@@ -59,14 +59,17 @@ class MemberSession:
 
     @ivar shared: the session itself (its C{data} is the chain's own,
         which no member sees through its view).
+    @ivar modifiedBefore: whether a member before this one (in this chain
+        or an enclosing one) declares modifications (C{mayModify}).
     """
 
-    __slots__ = ("shared", "_data", "_view")
+    __slots__ = ("shared", "_data", "_view", "modifiedBefore")
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, modifiedBefore: bool = False) -> None:
         object.__setattr__(self, "shared", session)
         object.__setattr__(self, "_data", None)
         object.__setattr__(self, "_view", None)
+        object.__setattr__(self, "modifiedBefore", modifiedBefore)
 
     @property
     def data(self) -> dict[str, Any]:

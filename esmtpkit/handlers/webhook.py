@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from typing import IO, Any
 
-from twisted.internet import error as netError
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
-from twisted.web import client as webClient
-from twisted.web.client import FileBodyProducer
-from twisted.web.http_headers import Headers
 
+from ..core.rewrite import ModifiedMessage
 from ..handler import ESMTPHandler
 from ..reply import HookResult, Reply
 from ..session import Params, Session
 from .options import HandlerOptions, positiveFloat, positiveInt
-from .signature import ENVELOPE_HEADER, SIGNATURE_HEADER, signer, verifySignature
+from .signature import verifySignature
+from .webhookclient import DEFAULT_REJECT_STATUS, DEFAULT_TIMEOUT, WebhookClient
 
 __all__ = [
     "Webhook",
@@ -36,13 +33,11 @@ __all__ = [
     "verifySignature",
 ]
 
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_REJECT_STATUS = 422
 DEFAULT_MAX_ENVELOPE = 8192
-_TEXT_LIMIT = 1024
-_SHOWN_LIMIT = 200
+log = Logger(namespace="esmtpkit")
 
 TOO_MANY = Reply(452, "Too many recipients for one delivery", enhanced="4.5.3")
+SPOOL_FAILED = Reply(452, "Insufficient system storage", enhanced="4.3.1")
 
 
 def envelopeOf(session: Session) -> dict[str, Any]:
@@ -79,227 +74,24 @@ def envelopeOf(session: Session) -> dict[str, Any]:
     }
 
 
+def modifiedEnvelope(envelope: dict[str, Any], message: ModifiedMessage) -> None:
+    """
+    Make C{envelope} (from L{envelopeOf}) the one C{message}'s
+    modifications make: its sender, parameters and recipients, and the
+    quarantine reason.
+    """
+    changed = message.envelope
+    envelope["sender"] = changed.sender
+    envelope["mailParams"] = dict(changed.senderParams)
+    envelope["recipients"] = [
+        {"address": r.address, "params": dict(r.params)} for r in changed.recipients
+    ]
+    envelope["quarantine"] = message.quarantine
+
+
 def _dumps(value: Any) -> str:
     # ASCII only, one line: fit for an HTTP header whatever the addresses.
     return json.dumps(value, ensure_ascii=True, separators=(",", ":"), sort_keys=True)
-
-
-class _FirstBytes(Protocol):
-    """
-    Collects the first bytes of a response body (the rest is let go).
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.done: Deferred[bytes] = Deferred()
-        self._limit = limit
-        self._data = bytearray()
-
-    def dataReceived(self, data: bytes) -> None:
-        if len(self._data) < self._limit:
-            self._data += data[: self._limit - len(self._data)]
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if not self.done.called:
-            self.done.callback(bytes(self._data))
-
-
-def _safeText(body: bytes) -> str | None:
-    """
-    The endpoint's text, if fit to show a client: the first line, ASCII,
-    printable, short.
-    """
-    try:
-        text = body.decode("ascii").strip().splitlines()[0].strip()
-    except (UnicodeDecodeError, IndexError):
-        return None
-    if not text or len(text) > _SHOWN_LIMIT or not text.isprintable():
-        return None
-    return text
-
-
-def _trustRoot(caFile: str | None) -> Any:
-    if caFile is None:
-        return None
-    from twisted.internet import ssl
-
-    try:
-        with open(caFile, "rb") as file:
-            data = file.read()
-        # Every certificate of the file (a bundle may hold several).
-        pems = [
-            b"-----BEGIN CERTIFICATE-----" + part
-            for part in data.split(b"-----BEGIN CERTIFICATE-----")[1:]
-        ]
-        if not pems:
-            raise ValueError("no certificate in it")
-        certificates = [ssl.Certificate.loadPEM(pem) for pem in pems]
-    except OSError as e:
-        raise ValueError(f"ca-file {caFile}: {e.strerror}") from None
-    except Exception as e:
-        raise ValueError(f"ca-file {caFile}: not PEM certificates ({e})") from None
-    if len(certificates) == 1:
-        return certificates[0]
-    return ssl.trustRootFromCertificates(certificates)
-
-
-class WebhookClient:
-    """
-    Delivers messages to one endpoint; one is shared by every connection
-    of a server (its connection pool too).
-
-    @ivar url: the endpoint.
-    @ivar timeout: seconds for a whole delivery (connecting, sending the
-        message, the response).
-    @ivar rejectStatus: the HTTP status meaning "refuse this message"
-        (550); any other non-2xx status is a temporary failure (451).
-    """
-
-    def __init__(
-        self,
-        url: str,
-        secret: str | bytes,
-        timeout: float = DEFAULT_TIMEOUT,
-        rejectStatus: int = DEFAULT_REJECT_STATUS,
-        reactor: Any = None,
-        caFile: str | None = None,
-    ) -> None:
-        """
-        @param caFile: a PEM file of the CA certificate(s) to trust for an
-            C{https://} endpoint, instead of the system's trust store.
-        @raise ValueError: a bad URL, no secret, or a C{caFile} that cannot
-            be read.
-        """
-        try:
-            import treq.client
-        except ImportError:
-            raise ValueError(
-                "the Webhook handler needs treq: pip install 'esmtpkit[webhook]'"
-            ) from None
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"url {url!r} is not an http:// or https:// URL")
-        if not secret:
-            raise ValueError("a secret is needed to sign requests")
-        if reactor is None:
-            from twisted.internet import reactor
-        self.url = url
-        self.secret = secret.encode("utf-8") if isinstance(secret, str) else secret
-        self.timeout = timeout
-        self.rejectStatus = rejectStatus
-        self.reactor = reactor
-        self.pool = webClient.HTTPConnectionPool(reactor, persistent=True)
-        policy = webClient.BrowserLikePolicyForHTTPS(_trustRoot(caFile))
-        agent = webClient.Agent(reactor, policy, connectTimeout=timeout, pool=self.pool)
-        self._http = treq.client.HTTPClient(agent)
-
-    def close(self) -> Deferred[None]:
-        """
-        Close the pooled connections.
-        """
-        return self.pool.closeCachedConnections()
-
-    def deliver(
-        self, spool: IO[bytes], envelope: str, transactionId: str = ""
-    ) -> Deferred[Reply]:
-        """
-        Post the message in C{spool} with C{envelope} (JSON text); the
-        Deferred fires with the reply to give the client. Cancelling it
-        cancels the request.
-        """
-        timestamp = int(time.time())
-        signed = deferToThread(self._sign, spool, timestamp, envelope)
-        signed.addCallback(self._post, spool, envelope, timestamp)
-        signed.addCallback(self._answered, transactionId)
-        # Cancelling a request fails it with ResponseNeverReceived or the
-        # like, not CancelledError: remember whether the deadline did it.
-        late: list[bool] = []
-
-        def expire() -> None:
-            late.append(True)
-            signed.cancel()
-
-        deadline = self.reactor.callLater(self.timeout, expire)
-
-        def settled(result: Any) -> Any:
-            if deadline.active():
-                deadline.cancel()
-            if late and isinstance(result, Failure):
-                return Reply(451, "Delivery endpoint timed out", enhanced="4.4.2")
-            return result
-
-        signed.addBoth(settled)
-        signed.addErrback(self._failed)
-        return signed
-
-    def _sign(self, spool: IO[bytes], timestamp: int, envelope: str) -> str:
-        # In a thread: reads the whole spool once.
-        mac = signer(self.secret, timestamp, envelope)
-        spool.seek(0)
-        while chunk := spool.read(1 << 16):
-            mac.update(chunk)
-        spool.seek(0)
-        return f"t={timestamp},v1={mac.hexdigest()}"
-
-    def _post(
-        self, signature: str, spool: IO[bytes], envelope: str, timestamp: int
-    ) -> Deferred[Any]:
-        headers = Headers(
-            {
-                "Content-Type": ["message/rfc822"],
-                "User-Agent": ["esmtpkit webhook"],
-                ENVELOPE_HEADER: [envelope],
-                SIGNATURE_HEADER: [signature],
-            }
-        )
-        return self._http.post(
-            self.url,
-            data=FileBodyProducer(spool, readSize=1 << 16),
-            headers=headers,
-            allow_redirects=False,
-            unbuffered=True,
-            reactor=self.reactor,
-        )
-
-    def _answered(self, response: Any, transactionId: str) -> Deferred[Reply]:
-        code = response.code
-        reader = _FirstBytes(_TEXT_LIMIT)
-        response.deliverBody(reader)
-        return reader.done.addCallback(
-            lambda body: self._reply(code, body, transactionId)
-        )
-
-    def _reply(self, code: int, body: bytes, transactionId: str = "") -> Reply:
-        if 200 <= code < 300:
-            queued = f" as {transactionId}" if transactionId else ""
-            return Reply(
-                250, f"Message accepted for delivery{queued}", enhanced="2.0.0"
-            )
-        text = _safeText(body)
-        if code == self.rejectStatus:
-            return Reply(
-                550,
-                text or f"Message refused by the endpoint (HTTP {code})",
-                enhanced="5.7.1",
-            )
-        return Reply(
-            451,
-            f"Delivery endpoint failed (HTTP {code}), try again later",
-            enhanced="4.3.0",
-        )
-
-    def _failed(self, failure: Failure) -> Reply:
-        if failure.check(CancelledError):
-            return failure  # type: ignore[return-value]  # cancelled from above
-        if failure.check(
-            netError.ConnectError,
-            netError.ConnectionLost,
-            netError.ConnectionDone,
-            netError.DNSLookupError,
-            webClient.ResponseFailed,
-            webClient.RequestTransmissionFailed,
-            webClient.ResponseNeverReceived,
-        ):
-            return Reply(451, "Delivery endpoint unreachable", enhanced="4.4.1")
-        return failure  # type: ignore[return-value]  # a bug: logged, 451 4.3.0
 
 
 class WebhookOptions(HandlerOptions):
@@ -362,6 +154,12 @@ class Webhook(ESMTPHandler):
     endpoint said: 2xx is 250; C{rejectStatus} is 550 (with the endpoint's
     text when it is short printable ASCII); any other status, a timeout or
     a connection error is 451, so the sending server tries again.
+
+    A message with L{modifications
+    <esmtpkit.session.Transaction.modifications>} is posted as they make
+    it (rendered into a second spool file, in a thread), with the modified
+    envelope; a quarantined one is posted too, its envelope's
+    C{quarantine} giving the reason (the endpoint decides where it goes).
     """
 
     Options = WebhookOptions
@@ -430,16 +228,69 @@ class Webhook(ESMTPHandler):
         return None
 
     def EOM(self) -> HookResult:
+        """
+        Post the message (as its modifications make it, if any) and answer
+        with what the endpoint said.
+        """
         spool = self._spool
         assert spool is not None
         spool.flush()
         transaction = self.session.transaction
         assert transaction is not None
         envelope = envelopeOf(self.session)
-        envelope["size"] = transaction.size
-        delivery = self.client.deliver(spool, _dumps(envelope), transaction.id)
+        envelope["quarantine"] = None
+        delivery: Deferred[Any]
+        if not transaction.modified:
+            envelope["size"] = transaction.size
+            delivery = self.client.deliver(spool, _dumps(envelope), transaction.id)
+        else:
+            message = ModifiedMessage(transaction)
+            modifiedEnvelope(envelope, message)
+            offset = len(transaction.rawHeaders)
+            rendering: Deferred[IO[bytes]] = deferToThread(
+                self._render, spool, message, offset
+            )
+            delivery = rendering.addCallback(
+                self._postRendered, envelope, transaction.id
+            )
+            delivery.addErrback(self._renderFailed)
         self._delivery = delivery
         return delivery.addBoth(self._delivered)
+
+    def _render(
+        self, spool: IO[bytes], message: ModifiedMessage, bodyOffset: int
+    ) -> IO[bytes]:
+        # In a thread: the modified message, written to a new spool file.
+        rendered = tempfile.TemporaryFile(dir=self.spoolDir)
+        try:
+            spool.seek(bodyOffset)
+            for chunk in message.chunks(spool):
+                rendered.write(chunk)
+            rendered.flush()
+            rendered.seek(0)
+        except BaseException:
+            rendered.close()
+            raise
+        return rendered
+
+    def _postRendered(
+        self, rendered: IO[bytes], envelope: dict[str, Any], transactionId: str
+    ) -> Deferred[Reply]:
+        if self._spool is not None:
+            self._spool.close()
+        self._spool = rendered  # closed with the delivery
+        envelope["size"] = rendered.seek(0, 2)
+        rendered.seek(0)
+        return self.client.deliver(rendered, _dumps(envelope), transactionId)
+
+    def _renderFailed(self, failure: Failure) -> Reply:
+        failure.trap(OSError)
+        log.warn(
+            "session {session}: webhook spool: {error}",
+            session=self.session.id,
+            error=str(failure.value),
+        )
+        return SPOOL_FAILED
 
     def _delivered(self, result: Any) -> Any:
         self._delivery = None

@@ -96,6 +96,10 @@ class MilterFilter(ESMTPHandler):
 
     log = Logger()
 
+    mayModify = True
+    """A milter may change the message at its end: a handler after this one
+    in a chain that streams the message (the relay) holds it back."""
+
     def __init__(
         self, connector: MilterConnector, fate: MessageFate | None = None
     ) -> None:

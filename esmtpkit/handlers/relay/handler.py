@@ -5,7 +5,6 @@ an SMTP proxy: each command is mirrored upstream as the client sends it.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -19,6 +18,7 @@ from ...reply import HookResult, Reply, ReplyError
 from ...session import Params
 from .client import DotStuffer, UpstreamError, UpstreamLost, UpstreamProtocolError
 from .options import RelayOptions
+from .spool import SpoolingRelay, spoolMode
 from .upstream import (
     UpstreamConfig,
     UpstreamSession,
@@ -37,9 +37,10 @@ MODIFIED = Reply(
     "Requested action aborted: the relay cannot apply message modifications",
     enhanced="4.3.0",
 )
+"""The reply to a message modified although it was not spooled."""
 
 
-class Relay(ESMTPHandler):
+class Relay(SpoolingRelay, ESMTPHandler):
     """
     Forwards every transaction to one upstream server, command by command.
 
@@ -62,10 +63,12 @@ class Relay(ESMTPHandler):
     lost, 451 4.4.2; a 421, the same text as 451. Nothing is acknowledged
     that the upstream did not take.
 
-    A transaction whose message has modifications (L{Transaction.modified
-    <esmtpkit.session.Transaction.modified>}, set by a handler before this
-    one in a chain) is not forwarded (451 4.3.0): the message has streamed
-    upstream already, and changing it needs it held back.
+    In spool mode (C{spool="always"}, or C{"auto"} when a handler before
+    it declares C{mayModify}) the message is held in an unnamed temporary
+    file instead, and at EOM sent upstream as the L{modifications
+    <esmtpkit.session.Transaction.modifications>} make it, the envelope
+    redone if it changed; a quarantined message is refused (550 5.7.1).
+    A message modified although it streamed is refused (451 4.3.0).
 
     Under C{twistd esmtpkit}, L{RelayOptions} are its options
     (C{--handler-option host=mx.example --handler-option tls=required}).
@@ -99,6 +102,8 @@ class Relay(ESMTPHandler):
         commandTimeout: float = 50.0,
         dataTimeout: float = 50.0,
         received: bool = True,
+        spool: str = "auto",
+        spoolDir: str | None = None,
         reactor: Any = None,
         config: UpstreamConfig | None = None,
     ) -> None:
@@ -122,6 +127,9 @@ class Relay(ESMTPHandler):
             the server's hook timeout (60 s by default), which otherwise
             answers 451 4.3.0 first.
         @param received: put a C{Received:} header on each message.
+        @param spool: C{"auto"} (spool when this handler or one before it
+            in a chain declares C{mayModify}), C{"always"} or C{"never"}.
+        @param spoolDir: where spool files are made (L{None}: C{TMPDIR}).
         @param reactor: the reactor to connect with (the global one by
             default).
         @param config: an L{UpstreamConfig} to use instead of the
@@ -149,6 +157,9 @@ class Relay(ESMTPHandler):
             from twisted.internet import reactor
         self.config = config
         self.received = received
+        self.spool = spoolMode(spool)
+        self.spoolDir = spoolDir
+        self._spoolFile = None
         self.reactor = reactor
         self._upstream: UpstreamSession | None = None
         self._sender: str | None = None  # the upstream transaction's sender
@@ -344,6 +355,9 @@ class Relay(ESMTPHandler):
             refusal = await self._envelope()
             if refusal is not None:
                 return refusal
+            if self.spools():
+                self._openSpool()
+                return super().DATA()
             reply = await self._command("DATA")
         except ReplyError as e:
             return e.reply
@@ -362,11 +376,16 @@ class Relay(ESMTPHandler):
         return super().DATA()
 
     def EOH(self) -> HookResult:
+        if self._spoolFile is not None:
+            return None  # the header section is written at EOM
         transaction = self.session.transaction
         assert transaction is not None
         return self._write(transaction.rawHeaders)
 
     def BODY(self, chunk: bytes) -> HookResult:
+        if self._spoolFile is not None:
+            self._spoolWrite(chunk)
+            return None
         return self._write(chunk)
 
     def _write(self, data: bytes) -> Deferred[None] | None:
@@ -397,6 +416,8 @@ class Relay(ESMTPHandler):
         """
         transaction = self.session.transaction
         assert transaction is not None
+        if self._spoolFile is not None:
+            return await self._relaySpooled(transaction)
         upstream, stuffer = self._open(), self._stuffer
         if upstream is None or stuffer is None:
             return self._failed(UpstreamLost("during the message"))
@@ -405,9 +426,21 @@ class Relay(ESMTPHandler):
             return MODIFIED
         accepted, refused = self._accepted, self._refused
         self._resetTransaction()
+        replies = await self._endMessage(upstream, stuffer, len(accepted))
+        if not self.config.lmtp and not refused:
+            return replies[0]
+        return self._perRecipient(transaction.recipients, accepted, replies, refused)
+
+    async def _endMessage(
+        self, upstream: UpstreamSession, stuffer: DotStuffer, accepted: int
+    ) -> list[Reply]:
+        """
+        End the message upstream; the upstream's final replies (one, or
+        under LMTP one per accepted recipient), failures as the client's.
+        """
         client = upstream.client
         written = client.writeBody(stuffer.end(), self.config.dataTimeout)
-        count = len(accepted) if self.config.lmtp else 1
+        count = accepted if self.config.lmtp else 1
         waiting = client.replies(count, self.config.dataTimeout)
         if written is not None:
             written.addErrback(lambda f: None)  # the replies fail as well
@@ -421,31 +454,7 @@ class Relay(ESMTPHandler):
             failure.trap(UpstreamError)
             self._drop()
             replies.append(self._failed(failure.value))  # type: ignore[arg-type]
-        if not self.config.lmtp and not refused:
-            return replies[0]
-        return self._perRecipient(transaction.recipients, accepted, replies, refused)
-
-    def _perRecipient(
-        self,
-        recipients: list[Any],
-        accepted: list[str],
-        replies: list[Reply],
-        refused: dict[str, Reply],
-    ) -> PerRecipient:
-        byAddress: dict[str, deque[Reply]] = {}
-        for index, address in enumerate(accepted):
-            reply = replies[index] if self.config.lmtp else replies[0]
-            byAddress.setdefault(address.lower(), deque()).append(reply)
-        out: list[Reply] = []
-        lost = errorReply(UpstreamLost("recipient not sent upstream"))
-        for recipient in recipients:
-            key = recipient.address.lower()
-            waiting = byAddress.get(key)
-            if waiting:
-                out.append(waiting.popleft())
-            else:
-                out.append(refused.get(key, lost))
-        return PerRecipient(out)
+        return replies
 
     # -- the end of a transaction and of the session ----------------------
 
@@ -455,6 +464,7 @@ class Relay(ESMTPHandler):
         middle of the message, drop the session (the upstream discards an
         unfinished message).
         """
+        self._closeSpool()
         if self._open() is None:
             return
         if self._stuffer is not None:
@@ -474,6 +484,7 @@ class Relay(ESMTPHandler):
         """
         QUIT upstream (without waiting for its reply).
         """
+        self._closeSpool()
         upstream, self._upstream = self._upstream, None
         if upstream is None or not upstream.usable:
             return

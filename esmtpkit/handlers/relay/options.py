@@ -5,11 +5,13 @@ esmtpkit.handlers.Relay --handler-option key=value}.
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 from twisted.python.usage import UsageError
 
 from ..options import HandlerOptions, positiveFloat, positiveInt
+from .spool import SPOOL_MODES, spoolMode
 from .upstream import TLS_MODES, UpstreamConfig
 
 __all__ = ["RelayOptions"]
@@ -25,6 +27,9 @@ def tlsMode(value: str) -> str:
 
 
 tlsMode.coerceDoc = "One of " + ", ".join(TLS_MODES) + "."  # type: ignore[attr-defined]
+
+
+spoolMode.coerceDoc = "One of " + ", ".join(SPOOL_MODES) + "."  # type: ignore[attr-defined]
 
 
 class RelayOptions(HandlerOptions):
@@ -76,6 +81,16 @@ class RelayOptions(HandlerOptions):
             "File whose first line is the AUTH password (kept out of the "
             "process list).",
         ],
+        [
+            "spool",
+            None,
+            "auto",
+            "Hold each message in a temporary file until its end, to apply "
+            "modifications: auto (when a handler before the relay declares "
+            "mayModify), always or never (stream it).",
+            spoolMode,
+        ],
+        ["spool-dir", None, None, "Where messages are spooled [default: TMPDIR]."],
         ["connect-timeout", None, "20", "Seconds to connect.", positiveFloat],
         [
             "command-timeout",
@@ -143,4 +158,15 @@ class RelayOptions(HandlerOptions):
         The L{Relay <esmtpkit.handlers.Relay>} keyword arguments, with the
         upstream configuration made once.
         """
-        return {"config": self.config(), "received": not self["no-received"]}
+        spoolDir = self["spool-dir"]
+        if spoolDir is not None:
+            try:
+                tempfile.TemporaryFile(dir=spoolDir).close()
+            except OSError as e:
+                raise UsageError(f"spool-dir {spoolDir}: {e.strerror}") from None
+        return {
+            "config": self.config(),
+            "received": not self["no-received"],
+            "spool": self["spool"],
+            "spoolDir": spoolDir,
+        }
