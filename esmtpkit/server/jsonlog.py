@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -23,7 +24,9 @@ from zope.interface import implementer
 __all__ = [
     "JSONLogObserver",
     "eventAsJSONLine",
+    "twistdLogFile",
     "twistdLogObserver",
+    "logWith",
     "logAsJSON",
     "FORMATS",
 ]
@@ -71,39 +74,62 @@ class JSONLogObserver:
         self._outFile.flush()
 
 
-def twistdLogObserver(twistdOptions: Any) -> JSONLogObserver:
+def twistdLogFile(twistdOptions: Any) -> IO[str]:
     """
-    A L{JSONLogObserver} writing where C{twistd}'s own log would go with
-    these (C{twistd}'s) options: standard output under C{--nodaemon} (or
-    C{--logfile -}), else the C{--logfile} (C{twistd.log} by default),
-    rotated as C{twistd} rotates it.
+    Where C{twistd}'s own log would go with these (C{twistd}'s) options:
+    standard output under C{--nodaemon} (or C{--logfile -}), else the
+    C{--logfile} (C{twistd.log} by default), rotated as C{twistd} rotates
+    it.
 
-    @raise ValueError: C{--syslog}, which takes no JSON.
+    @raise ValueError: C{--syslog}, which takes no file.
     """
     if twistdOptions.get("syslog"):
         raise ValueError("--log-format json does not go with twistd --syslog")
     name = twistdOptions.get("logfile")
     if name == "-" or (twistdOptions.get("nodaemon") and not name):
-        return JSONLogObserver(sys.stdout)
-    return JSONLogObserver(LogFile.fromFullPath(name or "twistd.log"))  # type: ignore[arg-type]
+        return sys.stdout
+    return LogFile.fromFullPath(name or "twistd.log")  # type: ignore[return-value]
+
+
+def twistdLogObserver(twistdOptions: Any) -> JSONLogObserver:
+    """
+    A L{JSONLogObserver} writing where C{twistd}'s own log would go with
+    these (C{twistd}'s) options (L{twistdLogFile}).
+
+    @raise ValueError: C{--syslog}, which takes no JSON.
+    """
+    return JSONLogObserver(twistdLogFile(twistdOptions))
 
 
 def logAsJSON(service: Any, options: Any) -> None:
     """
     Under C{twistd} (and C{python -m esmtpkit}), make the application
-    C{service} joins log as JSON: twistd takes the application's
-    L{ILogObserver} component when it starts logging. (Under C{twist},
-    its own C{--log-format json} does it.)
+    C{service} joins log as JSON. (Under C{twist}, its own C{--log-format
+    json} does it.)
     """
     from .startup import StartupError
 
-    parent = getattr(options, "parent", None)
-    if parent is None or "nodaemon" not in parent:
-        return
     try:
-        observer = twistdLogObserver(parent)
+        logWith(service, options, twistdLogObserver)
     except ValueError as e:
         raise StartupError(str(e)) from None
+
+
+def logWith(
+    service: Any, options: Any, makeObserver: Callable[[Any], ILogObserver]
+) -> bool:
+    """
+    Under C{twistd} (and C{python -m esmtpkit}), make the application
+    C{service} joins log through C{makeObserver(twistdOptions)}: twistd
+    takes the application's L{ILogObserver} component when it starts
+    logging.
+
+    @return: whether it was done (not outside twistd, nor under twist).
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None or "nodaemon" not in parent:
+        return False
+    observer = makeObserver(parent)
     setServiceParent = service.setServiceParent
 
     def joined(application: Any) -> None:
@@ -113,3 +139,4 @@ def logAsJSON(service: Any, options: Any) -> None:
         setServiceParent(application)
 
     service.setServiceParent = joined  # type: ignore[method-assign]
+    return True

@@ -24,6 +24,7 @@ from .jsonlog import FORMATS, logAsJSON
 from .listeners import openBeforeFork
 from .optionvalues import EXTENSIONS, OPTION_OF, SETTINGS, asBytes
 from .service import DEFAULT_PORT, ESMTPService
+from .textlog import logAsText
 from .workers import WorkerSupervisor, cores, listeningDescription
 
 __all__ = ["Options", "makeService"]
@@ -473,6 +474,8 @@ def makeService(options: Options) -> IService:
     service = _makeService(options)
     if options["log-format"] == "json":
         logAsJSON(service, options)
+    else:
+        logAsText(service, options)
     return service
 
 

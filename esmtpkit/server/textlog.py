@@ -1,0 +1,95 @@
+"""
+The text log, written as C{twistd} writes it, for less.
+
+C{twistd}'s own observer formats every event the general way: the format
+string parsed field by field, the timestamp made anew, the prefix worked
+out from the namespace and level. esmtpkit's lines (the events of
+L{esmtpkit.core.eventlog.LogObserver}, which carry their text ready to
+format in a C{log_line} field) are written by L{TextLogObserver} with a
+timestamp made once a second and a prefix made once per namespace and
+level: the same bytes as C{twistd}'s, at a fraction of the cost. Every
+other event goes the general way.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    formatEventAsClassicLogText,
+    formatTime,
+)
+from zope.interface import implementer
+
+__all__ = ["TextLogObserver", "logAsText"]
+
+
+@implementer(ILogObserver)
+class TextLogObserver:
+    """
+    Writes each event to a text file in C{twistd}'s format
+    (C{TIMESTAMP [namespace#level] text}, continuation lines indented with
+    a tab), flushing after each.
+    """
+
+    def __init__(self, outFile: IO[str]) -> None:
+        self._outFile = outFile
+        self._second: int | None = None
+        self._stamp = ""
+        self._prefixes: dict[tuple[Any, Any], str] = {}
+
+    def __call__(self, event: LogEvent) -> None:
+        line = event.get("log_line")
+        when = event.get("log_time")
+        if (
+            line is None
+            or when is None
+            or "log_failure" in event
+            or "log_system" in event
+        ):
+            text = formatEventAsClassicLogText(event)
+            if text is None:
+                return
+        else:
+            second = int(when)
+            if second != self._second:
+                # twistd's timestamps have whole seconds: one per second.
+                self._stamp = formatTime(when)
+                self._second = second
+            key = (event.get("log_namespace", "-"), event.get("log_level"))
+            prefix = self._prefixes.get(key)
+            if prefix is None:
+                level = "-" if key[1] is None else key[1].name
+                prefix = self._prefixes[key] = f" [{key[0]}#{level}] "
+                if len(self._prefixes) > 64:
+                    self._prefixes.clear()
+            try:
+                message = str(line)
+            except Exception:
+                text = formatEventAsClassicLogText(event)
+                if text is None:
+                    return
+            else:
+                if not message:
+                    return  # as twistd: an empty event writes nothing
+                if "\n" in message:
+                    message = message.replace("\n", "\n\t")
+                text = f"{self._stamp}{prefix}{message}\n"
+        self._outFile.write(text)
+        self._outFile.flush()
+
+
+def logAsText(service: Any, options: Any) -> None:
+    """
+    Under C{twistd} (and C{python -m esmtpkit}), make the application
+    C{service} joins log through a L{TextLogObserver} where twistd's own
+    observer would write (with C{--syslog}, twistd's own stays).
+    """
+    from .jsonlog import logWith, twistdLogFile
+
+    parent = getattr(options, "parent", None)
+    if parent is None or parent.get("syslog"):
+        return
+    logWith(service, options, lambda p: TextLogObserver(twistdLogFile(p)))

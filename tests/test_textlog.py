@@ -1,0 +1,121 @@
+"""
+L{TextLogObserver}, the fast text log: the same text as twistd's own
+observer (Twisted's C{textFileLogObserver}) for every event, fast path or
+not.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.logger import Logger, LogLevel, LogPublisher, textFileLogObserver
+from twisted.python.failure import Failure
+
+from esmtpkit.core.eventlog import LogObserver
+from esmtpkit.reply import Reply
+from esmtpkit.server.textlog import TextLogObserver
+from esmtpkit.session import Recipient, Session, Transaction
+
+from .helpers import PROJECT_ROOT
+
+LEVELS = [LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error]
+
+
+def _both() -> tuple[LogPublisher, io.StringIO, io.StringIO]:
+    general, fast = io.StringIO(), io.StringIO()
+    publisher = LogPublisher()
+    publisher.addObserver(textFileLogObserver(general))
+    publisher.addObserver(TextLogObserver(fast))
+    return publisher, general, fast
+
+
+text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["esmtpkit", "esmtpkit.x", "other", ""]),
+            st.sampled_from(LEVELS),
+            text,
+            st.booleans(),  # our LogObserver's log_line form
+            st.one_of(st.none(), st.sampled_from(["worker-1 esmtpkit#info", "-"])),
+            st.floats(min_value=0, max_value=4e9, allow_nan=False),
+        ),
+        max_size=12,
+    )
+)
+def test_sameTextAsTwistd(events: list[tuple[Any, ...]]) -> None:
+    publisher, general, fast = _both()
+    for namespace, level, message, asLine, system, when in events:
+        fields: dict[str, Any] = {"log_time": when}
+        if system is not None:
+            fields["log_system"] = system
+        log = Logger(observer=publisher, namespace=namespace)
+        if asLine:
+            # The form LogObserver emits: text ready in a log_line field.
+            fields["log_line"] = message
+            log.emit(level, "{log_line}", **fields)
+        else:
+            log.emit(level, "plain {m!r} and {{braces}}", m=message, **fields)
+    assert fast.getvalue() == general.getvalue()
+
+
+def test_eventLogLinesAndFailures() -> None:
+    publisher, general, fast = _both()
+    observer = LogObserver(Logger(observer=publisher, namespace="esmtpkit"))
+    session = Session()
+    session.heloName = "client.example"
+    transaction = Transaction(
+        id="X.1", sender="a@example.org", recipients=[Recipient("b@example.org")]
+    )
+    observer.connectionOpened(session)
+    observer.transactionEnded(
+        session, transaction, "accepted", (Reply(250, "OK", enhanced="2.0.0"),)
+    )
+    observer.connectionClosed(session)
+    try:
+        raise ZeroDivisionError("no")
+    except ZeroDivisionError:
+        Logger(observer=publisher).failure("it broke\nbadly", Failure())
+    assert fast.getvalue() == general.getvalue()
+    assert fast.getvalue().count("\n") > 4
+    assert "message X.1 accepted" in fast.getvalue()
+    assert "ZeroDivisionError" in fast.getvalue()
+
+
+def test_twistdUsesIt(tmp_path: Any) -> None:
+    """
+    C{twistd esmtpkit} logs through a L{TextLogObserver} (the application's
+    log observer component), unless --log-format json or --syslog.
+    """
+    script = (
+        "import sys\n"
+        "from twisted.application.service import Application\n"
+        "from twisted.logger import ILogObserver\n"
+        "from esmtpkit.server.tap import Options, makeService\n"
+        "class Parent(dict): pass\n"
+        "for extra in ([], ['--log-format', 'json']):\n"
+        "    options = Options()\n"
+        "    options.parent = Parent(nodaemon=True, logfile=None, syslog=False)\n"
+        "    options.parseOptions(['--handler', 'esmtpkit.handlers.Sink', '-p',"
+        " 'tcp:0:interface=127.0.0.1', *extra])\n"
+        "    application = Application('x')\n"
+        "    makeService(options).setServiceParent(application)\n"
+        "    print(type(ILogObserver(application)).__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["TextLogObserver", "JSONLogObserver"]
