@@ -48,6 +48,8 @@ PYTHON = sys.executable
 BIN = Path(sys.executable).parent
 MiB = 1024 * 1024
 REFERENCE = "esmtpkit"  # ratios are taken to this server
+DURABLE = "esmtpkit-maildir"  # esmtpkit acknowledging after an fsync...
+DURABLE_PEER = "postfix"  # ...beside Postfix doing the same (issue 12)
 BASE = "esmtpkit-base"  # esmtpkit at the --baseline revision
 CODECHECK = HERE / "codecheck"  # its sitecustomize records the code a server ran
 CODE_RECORD = "ESMTPKIT_BENCH_CODE"  # ...into the folder this variable names
@@ -221,7 +223,8 @@ class Sampler(threading.Thread):
         ticks = 0
         while not self._done.wait(0.01):
             ticks += 1
-            if not self.server.spec.pinned and ticks % 100 == 0:
+            spec = self.server.spec
+            if (not spec.pinned or spec.processTree) and ticks % 100 == 0:
                 self.server.refreshPids()
             self.peak = max(self.peak, self.server.rss())
 
@@ -290,6 +293,14 @@ class ServerSpec:
     @ivar codeRoot: for an esmtpkit server, the tree whose esmtpkit it must
         run (the checkout, or the --baseline revision's copy); checked after
         every run from the modules the server itself had loaded.
+    @ivar processTree: it starts processes as the load comes (Postfix's
+        smtpd, cleanup, ...): its tree is looked up again every second, as
+        for an unpinned server.
+    @ivar launcher: the process started is only a launcher (not measured);
+        its descendants are the server.
+    @ivar stopGrace: seconds it gets to exit after SIGTERM.
+    @ivar optIn: runs only when --servers names it.
+    @ivar needsRoot: refused, with a clear error, unless run as root.
     """
 
     name: str
@@ -301,6 +312,11 @@ class ServerSpec:
     pinned: bool = True
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     codeRoot: Path | None = None
+    processTree: bool = False
+    launcher: bool = False
+    stopGrace: float = 5.0
+    optIn: bool = False
+    needsRoot: bool = False
 
 
 BACKLOG = 1024
@@ -408,6 +424,31 @@ def maildirDelivered(scratch: Path) -> int | None:
     return len(os.listdir(scratch / "Maildir" / "new"))
 
 
+def postfixCommand(
+    port: int, scratch: Path, largest: int, extra: list[str]
+) -> list[str]:
+    assert not extra, "the Postfix peer takes no options"
+    return [
+        PYTHON,
+        str(HERE / "peers" / "postfix_durable.py"),
+        str(port),
+        str(scratch / "stats.json"),
+        str(max(2 * largest, 10240000)),  # message_size_limit
+    ]
+
+
+def postfixDelivered(scratch: Path) -> int | None:
+    """
+    The messages the private Postfix delivered to discard:, by its log; a
+    negative count (the files left) if its queue did not drain.
+    """
+    stats = scratch / "stats.json"
+    if not stats.exists():
+        return -1
+    found = json.loads(stats.read_text())
+    return -found["queued"] if found.get("queued") else found["messages"]
+
+
 def esmtpkitEnv(tree: Path | None = None) -> dict[str, str]:
     """
     The environment of an esmtpkit server: bench/codecheck on its
@@ -483,6 +524,21 @@ def servers(
             **checkout,
         )
     )
+    specs.append(
+        ServerSpec(
+            # esmtpkit-maildir's durable peer: a private Postfix whose 250
+            # follows the fsync of its queue file, delivering to discard:.
+            DURABLE_PEER,
+            postfixCommand,
+            postfixDelivered,
+            scenarios=("A", "B", "C"),
+            processTree=True,
+            launcher=True,
+            stopGrace=150.0,  # it drains its queue first
+            optIn=True,
+            needsRoot=True,
+        )
+    )
     help = subprocess.run(
         [str(BIN / "twistd"), "esmtpkit", "--help"], capture_output=True, text=True
     ).stdout
@@ -507,6 +563,11 @@ def servers(
         if unknown:
             sys.exit(f"unknown server(s): {', '.join(sorted(unknown))}")
         specs = [s for s in specs if s.name in selected]
+    else:
+        specs = [s for s in specs if not s.optIn]
+    for spec in specs:
+        if spec.needsRoot and os.geteuid() != 0:
+            sys.exit(f"server {spec.name} needs root (it starts a private Postfix)")
     return specs
 
 
@@ -754,7 +815,8 @@ class Server:
         """
         The PIDs measured: the process we started and all its descendants.
         """
-        self.pids = [self.proc.pid] + descendants(self.proc.pid)
+        below = descendants(self.proc.pid)
+        self.pids = below if self.spec.launcher else [self.proc.pid] + below
 
     def _settleTree(self, deadline: float) -> None:
         """
@@ -790,7 +852,7 @@ class Server:
         return self.proc.poll() is None
 
     def stop(self) -> int | None:
-        code = stopProcess(self.proc)
+        code = stopProcess(self.proc, grace=self.spec.stopGrace)
         self._log.close()
         shutil.copyfile(self.scratch / "server.log", self.logPath)
         return code
@@ -1628,6 +1690,26 @@ def roundRatios(
     return out
 
 
+DURABLE_METRICS = {"A": "msg_per_s", "B": "conn_per_s"}  # esmtpkit-maildir ÷ postfix
+DURABLE_GOAL = 2.0
+
+
+def durableRatio(runs: list[dict[str, Any]], key: str) -> str | None:
+    """
+    The line under A's and B's tables: esmtpkit-maildir ÷ postfix, per
+    round, median (min–max); None unless both ran.
+    """
+    ratios = roundRatios(runs, DURABLE_METRICS[key], DURABLE, DURABLE_PEER)
+    if not ratios:
+        return None
+    s = spread(ratios)
+    where = f" ({s['min']:.2f}–{s['max']:.2f})" if s["n"] > 1 else ""
+    return (
+        f"{DURABLE} ÷ {DURABLE_PEER}: {s['median']:.2f}×{where}, per round "
+        f"(target ≥ {DURABLE_GOAL:g}×): both acknowledge after an fsync"
+    )
+
+
 def targets(results: dict[str, Any], p: Profile) -> list[dict[str, Any]]:
     """
     The issue's targets, each from per-round ratios of the same run.
@@ -1651,6 +1733,20 @@ def targets(results: dict[str, Any], p: Profile) -> list[dict[str, Any]]:
                         "met": value >= goal,
                     }
                 )
+    for key, metric in DURABLE_METRICS.items():
+        ratios = roundRatios(
+            results.get(key, {}).get("runs", []), metric, DURABLE, DURABLE_PEER
+        )
+        if ratios:
+            value = statistics.median(ratios)
+            checks.append(
+                {
+                    "target": f"{key}: {DURABLE} ≥ {DURABLE_GOAL}× {DURABLE_PEER}"
+                    " (durable acceptance, issue 12)",
+                    "measured": f"{value:.2f}×",
+                    "met": value >= DURABLE_GOAL,
+                }
+            )
     ratios = perRound("C", "mib_per_s", "twisted.mail")
     if ratios:
         value = statistics.median(ratios)
@@ -2276,6 +2372,13 @@ def main() -> None:
                 if r.get("pipelining_advertised") is False
             }
         )
+        durable = (
+            durableRatio(results[scenario.key]["runs"], scenario.key)
+            if scenario.key in DURABLE_METRICS
+            else None
+        )
+        if durable:
+            lines += ["", durable]
         if unadvertised:
             lines += [
                 "",
@@ -2286,7 +2389,7 @@ def main() -> None:
     report["targets"] = targets(results, profile)
     if report["targets"]:
         lines += [
-            "### Targets of issue 6 (medians of per-round ratios)",
+            "### Targets of issues 6 and 12 (medians of per-round ratios)",
             "",
             "| target | measured | met |",
             "|---|---|---|",

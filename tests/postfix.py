@@ -190,6 +190,7 @@ class PrivatePostfix:
         milters: Sequence[str] = (),
         milterDefaultAction: str = "tempfail",
         extra: Mapping[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
         """
         @param transport: where mail for L{TEST_DOMAIN} goes, as a transport
@@ -200,6 +201,7 @@ class PrivatePostfix:
         @param milterDefaultAction: C{milter_default_action}, what to do when
             a milter fails: C{tempfail}, C{accept}, C{reject}, C{quarantine}.
         @param extra: more main.cf settings, applied last.
+        @param port: smtpd's port on 127.0.0.1 (default: a free one).
         """
         postfixCommand("postfix")
         if os.geteuid() != 0:
@@ -217,7 +219,7 @@ class PrivatePostfix:
             folder.mkdir(mode=0o755)
         for name in ("main.cf", "master.cf"):  # for postconf -d
             (self.configDirectory / name).write_text("")
-        self._port = freePort()
+        self._port = port or freePort()
         self.started = False
 
     @property
@@ -257,6 +259,21 @@ class PrivatePostfix:
         Write the configuration, run C{postfix -c CONFDIR start} and wait
         until smtpd answers.
         """
+        self.writeConfiguration()
+        self.started = True
+        self._run("postfix", "start", timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while not probeSMTP(self._port, timeout=1.0):
+            if time.monotonic() > deadline:
+                raise AssertionError(self._failure(f"no smtpd on port {self._port}"))
+            time.sleep(0.05)
+
+    def writeConfiguration(self) -> None:
+        """
+        Write C{main.cf}, C{master.cf} and the transport table (dated back),
+        as L{start} does; for a caller that starts Postfix itself (the
+        benchmark's C{postfix -c CONFDIR start-fg}, then sets C{started}).
+        """
         files = {
             "main.cf": [f"{k} = {v}" for k, v in self.mainSettings().items()],
             "master.cf": [f"{LOOPBACK}:{self._port} inet n - n - - smtpd", _SERVICES],
@@ -269,13 +286,6 @@ class PrivatePostfix:
         for name, lines in files.items():
             (self.configDirectory / name).write_text("\n".join(lines) + "\n")
         self._backdate()
-        self.started = True
-        self._run("postfix", "start", timeout=timeout)
-        deadline = time.monotonic() + timeout
-        while not probeSMTP(self._port, timeout=1.0):
-            if time.monotonic() > deadline:
-                raise AssertionError(self._failure(f"no smtpd on port {self._port}"))
-            time.sleep(0.05)
 
     def stop(self, timeout: float = 15.0) -> None:
         """
