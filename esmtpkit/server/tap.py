@@ -4,7 +4,6 @@ C{twistd esmtpkit}: command-line options and the service they describe.
 
 from __future__ import annotations
 
-import dataclasses
 import getopt
 import signal
 import sys
@@ -22,6 +21,7 @@ from ..security.tls import ServerTLS, TLSConfigurationError
 from ..settings import Settings
 from .jsonlog import FORMATS, logAsJSON
 from .listeners import openBeforeFork
+from .milteroptions import MilterOptionsMixin
 from .optionvalues import EXTENSIONS, OPTION_OF, SETTINGS, asBytes
 from .service import DEFAULT_PORT, ESMTPService
 from .textlog import logAsText
@@ -30,13 +30,9 @@ from .workers import WorkerSupervisor, cores, listeningDescription
 __all__ = ["Options", "makeService"]
 
 DEFAULT_HANDLER = "esmtpkit.handlers.Maildir"
-# With --milter and the default --hook-timeout, a hook may take this much
-# longer than the longest milter timeout (the handler's own part).
-_MILTER_MARGIN = 30.0
 
 
-class Options(usage.Options, strcred.AuthOptionMixin):
-    _HOOK_TIMEOUT_DEFAULT = next(o[3] for o in SETTINGS if o[0] == "hook-timeout")
+class Options(usage.Options, strcred.AuthOptionMixin, MilterOptionsMixin):
     """
     Options of C{twistd esmtpkit}.
     """
@@ -79,29 +75,6 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             None,
             "Maildir",
             "Maildir folder of the Maildir handler (created if missing).",
-        ],
-        [
-            "milter-default-action",
-            None,
-            "tempfail",
-            "What to answer when a --milter is down, times out or breaks the "
-            "protocol: tempfail (451 4.7.1), accept (go on without it) or "
-            "reject (550 5.7.1).",
-        ],
-        ["milter-connect-timeout", None, "30", "Seconds to connect to a --milter."],
-        [
-            "milter-command-timeout",
-            None,
-            "30",
-            "Seconds a --milter may take to answer a command (progress reports "
-            "restart it).",
-        ],
-        [
-            "milter-content-timeout",
-            None,
-            "300",
-            "Seconds a --milter may take to answer headers, body and the end "
-            "of the message.",
         ],
         [
             "metrics",
@@ -255,15 +228,6 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         "Without --port, no SMTP listener is opened."
     )
 
-    def opt_milter(self, description: str) -> None:
-        self["milters"].append(description)
-
-    opt_milter.__doc__ = (
-        "Ask this milter about every session, in front of the handler, "
-        "repeatable, in order (like Postfix's smtpd_milters): inet:HOST:PORT, "
-        "unix:PATH, or a Twisted client endpoint."
-    )
-
     def opt_disable_extension(self, keyword: str) -> None:
         name = keyword.upper()
         if name not in EXTENSIONS:
@@ -374,51 +338,6 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         from ..handlers.options import handlerFactory
 
         return handlerFactory(self["handler"], self["handler-options"], self)
-
-    def _withMilters(self, handlerFactory: Any) -> Any:
-        from ..milter.connector import MilterConnector
-        from ..milter.front import withMilters
-
-        timeouts = []
-        for kind in ("connect", "command", "content"):
-            option = f"milter-{kind}-timeout"
-            try:
-                timeouts.append(float(self[option]))
-            except ValueError:
-                raise usage.UsageError(
-                    f"--{option}: {self[option]!r} is not a number"
-                ) from None
-        connectors = []
-        for description in self["milters"]:
-            try:
-                connectors.append(
-                    MilterConnector(
-                        description,
-                        connectTimeout=timeouts[0],
-                        commandTimeout=timeouts[1],
-                        contentTimeout=timeouts[2],
-                        defaultAction=self["milter-default-action"],
-                    )
-                )
-            except ValueError as e:
-                raise usage.UsageError(f"--milter {description}: {e}") from None
-        self._hookTimeoutForMilters(max(timeouts[1:]))
-        return withMilters(connectors, handlerFactory)
-
-    def _hookTimeoutForMilters(self, longest: float) -> None:
-        # A hook asks the milters before the handler: it must be allowed
-        # longer than a milter may take, or the milter timeouts never apply.
-        settings = self["settings"]
-        if not settings.hookTimeout or settings.hookTimeout > longest:
-            return
-        if self["hook-timeout"] != self._HOOK_TIMEOUT_DEFAULT:
-            raise usage.UsageError(
-                f"--hook-timeout {self['hook-timeout']} is not longer than the "
-                f"milter timeouts ({longest:g} s): raise it, or lower "
-                "--milter-content-timeout/--milter-command-timeout"
-            )
-        hookTimeout = longest + _MILTER_MARGIN
-        self["settings"] = dataclasses.replace(settings, hookTimeout=hookTimeout)
 
     def _checkPorts(self) -> None:
         from twisted.internet import reactor

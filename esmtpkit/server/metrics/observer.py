@@ -1,7 +1,5 @@
 """
-Prometheus metrics (C{twistd esmtpkit --metrics ENDPOINT}).
-
-L{MetricsObserver} is a L{ServerObserver}: it counts what the server's
+L{MetricsObserver}: a L{ServerObserver} that counts what the server's
 events say, into a L{CollectorRegistry} of its own (never the global
 default), so several servers in one process, and tests, do not share
 counts. It never reads the log.
@@ -11,62 +9,28 @@ esmtpkit does not know is counted as C{UNKNOWN}, and any other value
 outside its set (a hook, a TLS version, a SASL mechanism, a limit) as
 C{other}. The labelled series whose values are known are made up front,
 so each event costs a dictionary lookup and an increment.
-
-L{MetricsSite} serves a registry at C{/metrics} with C{twisted.web}.
-L{serveMetrics} adds both to an L{ESMTPService}; under C{--workers},
-L{SupervisedMetrics} wraps the L{WorkerSupervisor}: it makes a directory
-for prometheus_client's multiprocess mode, gives the workers its name in
-C{PROMETHEUS_MULTIPROC_DIR}, serves the sum of what every worker wrote,
-forgets a dead worker's gauges (L{mark_process_dead}), and removes the
-directory once the workers are gone. See docs/metrics.md.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
-from ..core.events import LIMITS, OUTCOMES, ServerObserver
-from ..interfaces import IESMTPHandler
-from ..smtp.lmtp import LMTPProtocol
-from ..smtp.protocol import ESMTPProtocol
-from .listeners import CannotListen, ListenerService
+from ...core.events import LIMITS, OUTCOMES, ServerObserver
+from ...interfaces import IESMTPHandler
+from ...smtp.lmtp import LMTPProtocol
+from ...smtp.protocol import ESMTPProtocol
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
-    from ..reply import Reply
-    from ..session import Session, TLSInfo, Transaction
-    from .service import ESMTPService
-    from .workers import WorkerSupervisor
+    from ...reply import Reply
+    from ...session import Session, TLSInfo, Transaction
 
-__all__ = [
-    "MetricsObserver",
-    "MetricsSite",
-    "BuildInfo",
-    "serveMetrics",
-    "SupervisedMetrics",
-    "checkEndpoint",
-    "KNOWN_VERBS",
-    "MULTIPROCESS_ENV",
-]
-
-log = Logger(namespace="esmtpkit")
-
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+__all__ = ["MetricsObserver", "BuildInfo", "KNOWN_VERBS"]
 
 KNOWN_VERBS = frozenset(
     {"CONNECT", "EOM", "UNKNOWN", *ESMTPProtocol._verbs, *LMTPProtocol._verbs}
@@ -115,7 +79,7 @@ class BuildInfo:
     """
 
     def collect(self) -> Iterator[Metric]:
-        from .. import __version__
+        from ... import __version__
 
         family = GaugeMetricFamily(
             "esmtpkit_build_info",
@@ -354,180 +318,3 @@ class MetricsObserver(ServerObserver):
 
     def limitReached(self, session: Session, limit: str, detail: str) -> None:
         self._limits.get(limit, self._limitOther).inc()
-
-
-# -- serving --------------------------------------------------------------
-
-
-class MetricsSite(Site):
-    """
-    A C{twisted.web} site with the metrics of C{registry} at C{/metrics}
-    (prometheus_client's C{MetricsResource}), and no access log.
-    """
-
-    noisy = False
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        from prometheus_client.twisted import MetricsResource
-
-        root = Resource()
-        root.putChild(b"metrics", MetricsResource(registry))
-        super().__init__(root)
-
-    def log(self, request: Any) -> None:
-        pass  # a scrape every few seconds is not news
-
-
-def checkEndpoint(description: str) -> None:
-    """
-    @raise ValueError: C{description} is not a server endpoint description.
-    """
-    from twisted.internet import reactor
-
-    try:
-        serverFromString(reactor, description)
-    except Exception as e:
-        raise ValueError(f"{type(e).__name__}: {e}") from None
-
-
-def _httpService(description: str, registry: CollectorRegistry) -> ListenerService:
-    """
-    The listener of the metrics endpoint: opened with the SMTP listeners,
-    before twistd forks, so that a port in use stops start-up as theirs
-    does (L{esmtpkit.server.listeners}).
-    """
-    from twisted.internet import reactor
-
-    return ListenerService(
-        serverFromString(reactor, description), MetricsSite(registry), description
-    )
-
-
-def _verbsOf(service: ESMTPService) -> set[str]:
-    verbs = set(KNOWN_VERBS)
-    for factory in (service.factory, service.lmtpFactory):
-        if factory is not None:
-            verbs.update(getattr(factory.protocol, "_verbs", ()))
-    return verbs
-
-
-def serveMetrics(
-    service: ESMTPService, description: str, worker: bool = False
-) -> MetricsObserver | None:
-    """
-    Count C{service}'s events with a new L{MetricsObserver}, and serve them
-    at C{/metrics} on endpoint C{description}, as a child service of
-    C{service}.
-
-    @param worker: C{service} is a C{--workers} worker: count into the
-        multiprocess directory the supervisor named in
-        C{PROMETHEUS_MULTIPROC_DIR}, and serve nothing (the supervisor
-        does).
-    @return: the observer, or L{None} for a worker without the directory.
-    """
-    if worker and not os.environ.get(MULTIPROCESS_ENV):
-        log.error(
-            "esmtpkit worker: --metrics without {env}; not counting",
-            env=MULTIPROCESS_ENV,
-        )
-        return None
-    observer = MetricsObserver(verbs=_verbsOf(service), buildInfo=not worker)
-    service.factory.events.add(observer)  # the LMTP factory shares them
-    if not worker:
-        _httpService(description, observer.registry).setServiceParent(service)
-    return observer
-
-
-class _WorkersCollector(MultiProcessCollector):
-    """
-    The workers' files, read again when one cannot be read: a worker that
-    is starting, or was killed, may leave a file half written for a moment.
-    """
-
-    def collect(self) -> Iterator[Metric]:
-        for attempt in range(3):
-            try:
-                return iter(list(super().collect()))
-            except Exception as e:
-                problem = e
-                time.sleep(0.01 * (attempt + 1))
-        log.warn(
-            "metrics: the workers' files could not be read: {error}", error=problem
-        )
-        return iter(())
-
-
-class SupervisedMetrics(MultiService):
-    """
-    The supervisor of C{--workers} with one metrics endpoint for every
-    worker (prometheus_client's multiprocess mode): a directory made when
-    it starts and removed once the workers have stopped, named to the
-    workers in C{PROMETHEUS_MULTIPROC_DIR}; the sum of their files served
-    at C{/metrics}; the gauges of a worker that dies forgotten
-    (L{mark_process_dead}), its counters kept.
-
-    @ivar supervisor: the L{WorkerSupervisor}.
-    @ivar registry: the registry served: the workers' files, and
-        C{esmtpkit_build_info}.
-    @ivar path: the multiprocess directory while running, else L{None}.
-    """
-
-    def __init__(self, supervisor: WorkerSupervisor, description: str) -> None:
-        super().__init__()
-        self.supervisor = supervisor
-        self.registry = CollectorRegistry()
-        self.registry.register(BuildInfo())
-        self.path: str | None = None
-        self._collector: _WorkersCollector | None = None
-        supervisor.setServiceParent(self)
-        self.http = _httpService(description, self.registry)
-        self.http.setServiceParent(self)
-        supervisor.workerExited.append(self._workerExited)
-
-    def listen(self) -> None:
-        """
-        Open the workers' listening sockets, then the metrics endpoint's
-        (C{twistd esmtpkit} calls this before it forks).
-
-        @raise esmtpkit.server.listeners.CannotListen: one cannot be opened
-            (those opened are closed again).
-        """
-        self.supervisor.listen()
-        try:
-            self.http.listen()
-        except CannotListen:
-            self.supervisor.close()
-            raise
-
-    def privilegedStartService(self) -> None:
-        self._prepare()
-        super().privilegedStartService()
-
-    def startService(self) -> None:
-        self._prepare()
-        super().startService()
-
-    def _prepare(self) -> None:
-        if self.path is not None:
-            return
-        self.path = tempfile.mkdtemp(prefix="esmtpkit-metrics-")
-        self._collector = _WorkersCollector(None, path=self.path)
-        self.registry.register(self._collector)
-        self.supervisor.workerEnv[MULTIPROCESS_ENV] = self.path
-
-    def _workerExited(self, pid: int) -> None:
-        if self.path is not None:
-            mark_process_dead(pid, self.path)
-
-    def stopService(self) -> Any:
-        stopped = super().stopService()
-
-        def remove(result: Any) -> Any:
-            if self.path is not None:
-                assert self._collector is not None
-                self.registry.unregister(self._collector)
-                shutil.rmtree(self.path, ignore_errors=True)
-                self.path = None
-            return result
-
-        return stopped.addBoth(remove)
