@@ -155,8 +155,9 @@ class LogObserver(ServerObserver):
         when an observer formats the event, by C{str.format_map} (far
         cheaper than the logger's own formatting of many fields).
         """
-        fields["log_line"] = _Line(template, fields)
-        self.log.emit(level, "{log_line}", **fields)
+        # The line holds the fields, not the event that holds the line: no
+        # reference cycle per event (the garbage collector's work).
+        self.log.emit(level, "{log_line}", log_line=_Line(template, fields), **fields)
 
     def wants(self, event: str) -> bool:
         wanted = self._LEVELS.get(event, LogLevel.info)
