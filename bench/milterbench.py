@@ -323,7 +323,11 @@ def _throughPostfix(
         if milter is not None:
             result["milter_rss"] = milter.sample()
             if kind == "esmtpkit":
-                seen = milter.output().count(" accepted: from=<bench@sender.test>")
+                seen = sum(
+                    1
+                    for line in milter.output().splitlines()
+                    if " accepted: " in line and " from=<bench@sender.test> " in line
+                )
                 if seen < total:
                     raise RuntimeError(f"{label}: esmtpkit saw {seen} of {total}")
         return result
