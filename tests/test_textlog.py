@@ -7,6 +7,7 @@ not.
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from typing import Any
@@ -119,3 +120,60 @@ def test_twistdUsesIt(tmp_path: Any) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["TextLogObserver", "JSONLogObserver"]
+
+
+def _withoutStamp(text: str) -> list[str]:
+    # The timestamp that begins each line (continuation lines have none).
+    return [re.sub(r"^\d{4}-\d\d-\d\dT\S+ ", "", line) for line in text.split("\n")]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    helo=st.one_of(st.none(), text),
+    sender=text,
+    recipients=st.lists(text, min_size=1, max_size=3),
+    size=st.integers(min_value=0, max_value=10**9),
+    codes=st.lists(st.sampled_from([250, 251, 452, 550]), min_size=1, max_size=3),
+    messages=st.integers(min_value=0, max_value=50),
+)
+def test_fastLaneSameLines(
+    helo: str | None,
+    sender: str,
+    recipients: list[str],
+    size: int,
+    codes: list[int],
+    messages: int,
+) -> None:
+    """
+    With a TextLogObserver as the log's only observer, LogObserver writes
+    its connect, message and disconnect lines straight to it: the same text
+    as through a log event (compared without the timestamps, which are
+    taken at different moments).
+    """
+    session = Session()
+    session.heloName = helo
+    session.messages = messages
+    transaction = Transaction(
+        id=f"{session.id}.1",
+        sender=sender,
+        recipients=[Recipient(r) for r in recipients],
+    )
+    transaction.size = size
+    replies = tuple(Reply(code, "x") for code in codes)
+    outcome = "accepted" if all(c < 300 for c in codes) else "partial"
+
+    outputs = []
+    for observers in (1, 2):
+        out = io.StringIO()
+        publisher = LogPublisher()
+        publisher.addObserver(TextLogObserver(out))
+        if observers == 2:
+            publisher.addObserver(lambda event: None)  # the general lane
+        observer = LogObserver(Logger(observer=publisher, namespace="esmtpkit"))
+        assert (observer._direct() is not None) == (observers == 1)
+        observer.connectionOpened(session)
+        observer.transactionEnded(session, transaction, outcome, replies)
+        observer.connectionClosed(session)
+        outputs.append(_withoutStamp(out.getvalue()))
+    assert outputs[0] == outputs[1]
+    assert sum(line.startswith("[esmtpkit#info] ") for line in outputs[0]) == 3

@@ -11,7 +11,7 @@ docs/logging.md for the table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.logger import Logger, LogLevel
@@ -149,6 +149,20 @@ class LogObserver(ServerObserver):
         self._info = _ORDER.index(level) <= _ORDER.index(LogLevel.info)
         self._pending: dict[str, tuple[str | None, str | None]] = {}
 
+    def _direct(self) -> Callable[[str | None, LogLevel, str], None] | None:
+        """
+        The fast lane of the text log: when the log's one observer is a
+        text observer that takes finished lines (L{TextLogObserver
+        <esmtpkit.server.textlog.TextLogObserver>}, as under twistd), its
+        C{writeLine}; the most frequent lines (connect, message,
+        disconnect) then go to it straight, as the same text, without
+        building a log event nobody else would see. Else L{None}.
+        """
+        observers = getattr(self.log.observer, "_observers", None)
+        if observers is None or len(observers) != 1:
+            return None
+        return getattr(observers[0], "writeLine", None)  # type: ignore[no-any-return]
+
     def _emit(self, level: LogLevel, template: str, **fields: Any) -> None:
         """
         Log a line of C{template} with C{fields}: the text is made only
@@ -255,6 +269,15 @@ class LogObserver(ServerObserver):
     # -- the rest -----------------------------------------------------------
 
     def connectionOpened(self, session: Session) -> None:
+        direct = self._direct()
+        if direct is not None:
+            client = _client(session)
+            direct(
+                self.log.namespace,
+                LogLevel.info,
+                f"session {session.id} connected from {client}",
+            )
+            return
         self._emit(
             LogLevel.info,
             "session {session} connected from {client}",
@@ -275,6 +298,15 @@ class LogObserver(ServerObserver):
                 limit=limit,
                 detail=detail or limit,
             )
+        direct = self._direct()
+        if direct is not None:
+            direct(
+                self.log.namespace,
+                LogLevel.info,
+                f"session {session.id} disconnected "
+                f"({session.messages} messages accepted)",
+            )
+            return
         self._emit(
             LogLevel.info,
             "session {session} disconnected ({messages} messages accepted)",
@@ -337,6 +369,18 @@ class LogObserver(ServerObserver):
             if reply.code != first:
                 code = ",".join(str(reply.code) for reply in replies)
                 break
+        direct = self._direct()
+        if direct is not None:
+            # MESSAGE_FORMAT, as an f-string (test_eventlog compares them).
+            direct(
+                self.log.namespace,
+                LogLevel.info,
+                f"session {session.id} message {transaction.id} {outcome}: "
+                f"client={_client(session)} helo=<{session.heloName or ''}> "
+                f"from=<{transaction.sender}> to={recipients} "
+                f"size={transaction.size} reply={code}",
+            )
+            return
         self._emit(
             LogLevel.info,
             MESSAGE_FORMAT,

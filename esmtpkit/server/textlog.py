@@ -13,11 +13,13 @@ other event goes the general way.
 
 from __future__ import annotations
 
+import time
 from typing import IO, Any
 
 from twisted.logger import (
     ILogObserver,
     LogEvent,
+    LogLevel,
     formatEventAsClassicLogText,
     formatTime,
 )
@@ -53,18 +55,6 @@ class TextLogObserver:
             if text is None:
                 return
         else:
-            second = int(when)
-            if second != self._second:
-                # twistd's timestamps have whole seconds: one per second.
-                self._stamp = formatTime(when)
-                self._second = second
-            key = (event.get("log_namespace", "-"), event.get("log_level"))
-            prefix = self._prefixes.get(key)
-            if prefix is None:
-                level = "-" if key[1] is None else key[1].name
-                prefix = self._prefixes[key] = f" [{key[0]}#{level}] "
-                if len(self._prefixes) > 64:
-                    self._prefixes.clear()
             try:
                 message = str(line)
             except Exception:
@@ -74,11 +64,41 @@ class TextLogObserver:
             else:
                 if not message:
                     return  # as twistd: an empty event writes nothing
-                if "\n" in message:
-                    message = message.replace("\n", "\n\t")
-                text = f"{self._stamp}{prefix}{message}\n"
+                text = self._text(
+                    event.get("log_namespace", "-"),
+                    event.get("log_level"),
+                    when,
+                    message,
+                )
         self._outFile.write(text)
         self._outFile.flush()
+
+    def writeLine(self, namespace: str | None, level: LogLevel, message: str) -> None:
+        """
+        Write C{message}, a finished line of text, as the event of
+        C{namespace} and C{level} logged now would be written (the fast
+        lane of L{esmtpkit.core.eventlog.LogObserver}).
+        """
+        if message:
+            self._outFile.write(self._text(namespace, level, time.time(), message))
+            self._outFile.flush()
+
+    def _text(self, namespace: Any, level: Any, when: float, message: str) -> str:
+        second = int(when)
+        if second != self._second:
+            # twistd's timestamps have whole seconds: one per second.
+            self._stamp = formatTime(when)
+            self._second = second
+        key = (namespace, level)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            name = "-" if level is None else level.name
+            prefix = self._prefixes[key] = f" [{namespace}#{name}] "
+            if len(self._prefixes) > 64:
+                self._prefixes.clear()
+        if "\n" in message:
+            message = message.replace("\n", "\n\t")
+        return f"{self._stamp}{prefix}{message}\n"
 
 
 def logAsText(service: Any, options: Any) -> None:
