@@ -352,14 +352,13 @@ class LogObserver(ServerObserver):
     ) -> None:
         if outcome == "aborted":
             return
-        recipients = _Addresses([r.address for r in transaction.recipients])
         if outcome == "refused":
             self._reject(
                 session,
                 "EOM",
                 replies[0],
                 transaction.sender,
-                recipients,
+                _Addresses([r.address for r in transaction.recipients]),
                 transaction=transaction,
             )
             return
@@ -371,16 +370,18 @@ class LogObserver(ServerObserver):
                 break
         direct = self._direct()
         if direct is not None:
-            # MESSAGE_FORMAT, as an f-string (test_eventlog compares them).
+            # MESSAGE_FORMAT as an f-string (test_textlog compares the two).
+            to = ",".join([f"<{r.address}>" for r in transaction.recipients]) or "<>"
             direct(
                 self.log.namespace,
                 LogLevel.info,
                 f"session {session.id} message {transaction.id} {outcome}: "
                 f"client={_client(session)} helo=<{session.heloName or ''}> "
-                f"from=<{transaction.sender}> to={recipients} "
+                f"from=<{transaction.sender}> to={to} "
                 f"size={transaction.size} reply={code}",
             )
             return
+        recipients = _Addresses([r.address for r in transaction.recipients])
         self._emit(
             LogLevel.info,
             MESSAGE_FORMAT,
