@@ -177,3 +177,35 @@ def test_fastLaneSameLines(
         outputs.append(_withoutStamp(out.getvalue()))
     assert outputs[0] == outputs[1]
     assert sum(line.startswith("[esmtpkit#info] ") for line in outputs[0]) == 3
+
+
+class _Recording(io.StringIO):
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_fastLaneFlushesOncePerTurn() -> None:
+    """
+    Finished lines are flushed once, at the end of the reactor turn that
+    wrote them; an event of any other kind flushes at once.
+    """
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    out = _Recording()
+    observer = TextLogObserver(out, reactor=clock)
+    for n in range(3):
+        observer.writeLine("esmtpkit", LogLevel.info, f"line {n}")
+    assert out.flushes == 0 and out.getvalue().count("\n") == 3
+    clock.advance(0)
+    assert out.flushes == 1
+    clock.advance(0)
+    assert out.flushes == 1  # nothing new: no second flush
+    observer.writeLine("esmtpkit", LogLevel.info, "again")
+    Logger(observer=observer, namespace="esmtpkit").warn("at once")
+    assert out.flushes == 2
+    clock.advance(0)
+    assert out.flushes == 3

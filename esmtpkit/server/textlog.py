@@ -33,14 +33,22 @@ class TextLogObserver:
     """
     Writes each event to a text file in C{twistd}'s format
     (C{TIMESTAMP [namespace#level] text}, continuation lines indented with
-    a tab), flushing after each.
+    a tab), flushing after each; the finished lines of L{writeLine} are
+    flushed once at the end of the reactor turn that wrote them (a process
+    killed with SIGKILL loses at most that turn's lines).
     """
 
-    def __init__(self, outFile: IO[str]) -> None:
+    def __init__(self, outFile: IO[str], reactor: Any = None) -> None:
+        """
+        @param reactor: what runs the flush at the end of a reactor turn
+            (L{IReactorTime}); the global reactor by default.
+        """
         self._outFile = outFile
+        self._reactor = reactor
         self._second: int | None = None
         self._stamp = ""
         self._prefixes: dict[tuple[Any, Any], str] = {}
+        self._flushing = False
 
     def __call__(self, event: LogEvent) -> None:
         line = event.get("log_line")
@@ -81,7 +89,18 @@ class TextLogObserver:
         """
         if message:
             self._outFile.write(self._text(namespace, level, time.time(), message))
-            self._outFile.flush()
+            if not self._flushing:
+                # One flush at the end of this reactor turn for every line
+                # of the turn (a line of any other kind flushes at once).
+                reactor = self._reactor
+                if reactor is None:
+                    from twisted.internet import reactor
+                self._flushing = True
+                reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flushing = False
+        self._outFile.flush()
 
     def _text(self, namespace: Any, level: Any, when: float, message: str) -> str:
         second = int(when)
