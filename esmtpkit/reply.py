@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-__all__ = ["Reply", "ReplyError", "ReplyLike", "HookResult", "toReply"]
+__all__ = ["Reply", "ReplyError", "ReplyLike", "HookResult", "toReply", "replyOfLines"]
 
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -219,6 +219,25 @@ def toReply(value: object) -> Reply:
         if isinstance(code, int):
             return Reply(code, *(str(line) for line in lines))
     raise TypeError(f"a hook returned {value!r}, which is not a reply")
+
+
+def replyOfLines(code: int, lines: list[str]) -> Reply:
+    """
+    The L{Reply} that the text lines C{lines} of a received reply with
+    C{code} make (the reply code and separator already removed from each):
+    the enhanced status code of the first line, if any, is taken out of
+    every line.
+    """
+    first = Reply(code, lines[0])
+    enhanced = first.enhanced
+    rest = []
+    for line in lines[1:]:
+        if enhanced and line.startswith(enhanced + " "):
+            line = line[len(enhanced) + 1 :]
+        elif enhanced and line == enhanced:
+            line = ""
+        rest.append(line)
+    return Reply(code, *first.lines, *rest, enhanced=enhanced)
 
 
 class ReplyError(Exception):

@@ -36,7 +36,7 @@ from twisted.logger import ILogObserver, LogEvent
 from zope.interface import implementer, implementer_only
 
 from .io.writer import SocketLike
-from .reply import Reply
+from .reply import Reply, replyOfLines
 from .server.factory import ESMTPFactory, HandlerFactory, LMTPFactory
 from .settings import Settings
 from .smtp.connection import SMTPConnection
@@ -75,23 +75,10 @@ def parseReplies(data: bytes) -> tuple[list[Reply], bytes]:
         lines.append(line[4:])
         pos = end + 2
         if line[3:4] != "-":
-            replies.append(_reply(code, lines))
+            replies.append(replyOfLines(code, lines))
             lines = []
             replyStart = pos
     return replies, data[replyStart:]
-
-
-def _reply(code: int, lines: list[str]) -> Reply:
-    first = Reply(code, lines[0])
-    enhanced = first.enhanced
-    rest = []
-    for line in lines[1:]:
-        if enhanced and line.startswith(enhanced + " "):
-            line = line[len(enhanced) + 1 :]
-        elif enhanced and line == enhanced:
-            line = ""
-        rest.append(line)
-    return Reply(code, *first.lines, *rest, enhanced=enhanced)
 
 
 @implementer(ILogObserver)

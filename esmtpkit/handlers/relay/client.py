@@ -25,7 +25,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ...reply import Reply
+from ...reply import Reply, replyOfLines
 
 __all__ = [
     "SMTPClient",
@@ -63,24 +63,6 @@ class UpstreamProtocolError(UpstreamError):
     """
     The upstream server sent something that is not an SMTP reply.
     """
-
-
-def replyOfLines(code: int, lines: list[str]) -> Reply:
-    """
-    The L{Reply} that the text lines C{lines} of a reply with C{code} make
-    (the reply code and separator already removed): the enhanced status
-    code of the first line, if any, is taken out of every line.
-    """
-    first = Reply(code, lines[0])
-    enhanced = first.enhanced
-    rest = []
-    for line in lines[1:]:
-        if enhanced and line.startswith(enhanced + " "):
-            line = line[len(enhanced) + 1 :]
-        elif enhanced and line == enhanced:
-            line = ""
-        rest.append(line)
-    return Reply(code, *first.lines, *rest, enhanced=enhanced)
 
 
 def parseExtensions(reply: Reply) -> dict[str, str]:

@@ -5,6 +5,7 @@ an SMTP proxy: each command is mirrored upstream as the client sends it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -15,7 +16,7 @@ from ...core.results import PerRecipient
 from ...handler import ESMTPHandler, _unknownParameter
 from ...received import receivedHeader
 from ...reply import HookResult, Reply, ReplyError
-from ...session import Params
+from ...session import Params, Recipient
 from .client import DotStuffer, UpstreamError, UpstreamLost, UpstreamProtocolError
 from .options import RelayOptions
 from .spool import SpoolingRelay, spoolMode
@@ -323,15 +324,26 @@ class Relay(SpoolingRelay, ESMTPHandler):
             if reply.code != 250:
                 self._drop()
         self._resetTransaction()
+        envelope = transaction.sender, transaction.mailParams, transaction.recipients
+        sent, reply = await self._sendEnvelope(*envelope)
+        if not sent or (wanted and not self._accepted):
+            return reply
+        return None
+
+    async def _sendEnvelope(
+        self, sender: str, senderParams: Params, recipients: Sequence[Recipient]
+    ) -> tuple[bool, Reply]:
+        """
+        MAIL, then RCPT for each recipient (into C{_accepted} or C{_refused}):
+        whether MAIL was accepted, and MAIL's refusal or the last RCPT reply.
+        """
         upstream = await self._connect()
-        line = f"MAIL FROM:<{transaction.sender}>" + mailParameters(
-            transaction.mailParams, upstream
-        )
+        line = f"MAIL FROM:<{sender}>" + mailParameters(senderParams, upstream)
         reply = self._passOn(await self._command(line))
         if reply.code // 100 != 2:
-            return reply
-        self._sender = transaction.sender
-        for recipient in transaction.recipients:
+            return False, reply
+        self._sender = sender
+        for recipient in recipients:
             line = f"RCPT TO:<{recipient.address}>" + rcptParameters(
                 recipient.params, upstream
             )
@@ -340,9 +352,7 @@ class Relay(SpoolingRelay, ESMTPHandler):
                 self._accepted.append(recipient.address)
             else:
                 self._refused[recipient.address.lower()] = reply
-        if wanted and not self._accepted:
-            return reply
-        return None
+        return True, reply
 
     # -- the message ------------------------------------------------------
 

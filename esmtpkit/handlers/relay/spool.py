@@ -23,11 +23,14 @@ from ...received import receivedHeader
 from ...reply import Reply, ReplyError
 from ...session import Transaction
 from .client import DotStuffer, UpstreamError, UpstreamLost
-from .upstream import errorReply, mailParameters, rcptParameters
+from .upstream import errorReply
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from twisted.internet.defer import Deferred
 
+    from ...session import Params, Recipient
     from .upstream import UpstreamConfig, UpstreamSession
 
 __all__ = ["SPOOL_MODES", "QUARANTINED", "SPOOL_FAILED", "SpoolingRelay"]
@@ -99,6 +102,9 @@ class SpoolingRelay:
         def _passOn(self, reply: Reply, expected: int = 2) -> Reply: ...
         def _failed(self, error: UpstreamError) -> Reply: ...
         async def _command(self, line: str) -> Reply: ...
+        async def _sendEnvelope(
+            self, sender: str, senderParams: Params, recipients: Sequence[Recipient]
+        ) -> tuple[bool, Reply]: ...
         def _write(self, data: bytes) -> Deferred[None] | None: ...
         async def _endMessage(
             self, upstream: UpstreamSession, stuffer: DotStuffer, accepted: int
@@ -229,23 +235,11 @@ class SpoolingRelay:
         a refused MAIL refuses the message.
         """
         await self._rset()
-        upstream = await self._connect()
-        line = f"MAIL FROM:<{envelope.sender}>" + mailParameters(
-            envelope.senderParams, upstream
+        sent, reply = await self._sendEnvelope(
+            envelope.sender, envelope.senderParams, envelope.recipients
         )
-        reply = self._passOn(await self._command(line))
-        if reply.code // 100 != 2:
+        if not sent:
             raise ReplyError(reply)
-        self._sender = envelope.sender
-        for recipient in envelope.recipients:
-            line = f"RCPT TO:<{recipient.address}>" + rcptParameters(
-                recipient.params, upstream
-            )
-            reply = self._passOn(await self._command(line))
-            if reply.code // 100 == 2:
-                self._accepted.append(recipient.address)
-            else:
-                self._refused[recipient.address.lower()] = reply
 
     def _answer(
         self,
