@@ -31,6 +31,7 @@ __all__ = [
     "runInline",
     "runningWith",
     "reactorRunner",
+    "currentRunner",
 ]
 
 T = TypeVar("T")
@@ -59,6 +60,15 @@ def deferToThread(f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]
         return threads.deferToThread(f, *args, **kwargs)
     result: Deferred[T] = runner(f, *args, **kwargs)
     return result
+
+
+def currentRunner() -> ThreadRunner:
+    """
+    The L{ThreadRunner} that L{deferToThread} would use now, in the calling
+    thread (Twisted's L{twisted.internet.threads.deferToThread} by default).
+    """
+    runner: ThreadRunner | None = getattr(_local, "runner", None)
+    return threads.deferToThread if runner is None else runner
 
 
 def runInline(f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:

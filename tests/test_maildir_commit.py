@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from esmtpkit import ESMTPFactory
 from esmtpkit.handlers import Maildir, delivery
-from esmtpkit.handlers.delivery import DirectorySync
+from esmtpkit.handlers.delivery import Commit, Committer
 from esmtpkit.testing import SMTPTestConnection, dotStuff
 
 from .helpers import (
@@ -37,55 +37,139 @@ from .helpers import (
 MESSAGE = b"From: a@example.org\r\nSubject: durable\r\n\r\nbody\r\n"
 
 
-class DirectorySyncTests(TestCase):
+class _FakeFiles:
     """
-    L{DirectorySync} with a fake thread: when flushes start and whom each
-    one answers.
+    Stands for a message's L{delivery.MessageFiles}: records what the
+    batch did to it.
+    """
+
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log = log
+        self.name = name
+
+    def startWriting(self) -> None:
+        self.log.append(f"write {self.name}")
+
+    def flush(self) -> None:
+        self.log.append(f"flush {self.name}")
+
+    def move(self, newDir: str) -> None:
+        self.log.append(f"move {self.name}")
+
+    def closeAll(self) -> None:
+        pass
+
+    def remove(self) -> None:
+        self.log.append(f"remove {self.name}")
+
+
+class CommitterTests(TestCase):
+    """
+    L{Committer} with a fake thread: when batches start, whom each one
+    answers, and the order of the file work within a batch.
     """
 
     def setUp(self) -> None:
-        self.started: list[Deferred[None]] = []
+        self.started: list[tuple[Deferred[None], list[Commit]]] = []
+        self.log: list[str] = []
 
-        def inThread(function: Any, path: str) -> Deferred[None]:
-            self.assertIs(function, delivery.fsyncDirectory)
-            self.assertEqual(path, "/some/new")
-            self.started.append(Deferred())
-            return self.started[-1]
+        def runner(function: Any, batch: list[Commit]) -> Deferred[None]:
+            self.assertIs(function, delivery.commitBatch)
+            self.started.append((Deferred(), batch))
+            return self.started[-1][0]
 
-        self.sync = DirectorySync("/some/new", inThread)
+        self.committer = Committer(runner)
+        self.patch(delivery, "fsyncDirectory", lambda path: self.log.append(path))
 
-    def test_callersDuringAFlushShareTheNext(self) -> None:
+    def commit(self, name: str, fired: list[Any]) -> Commit:
+        files: Any = _FakeFiles(self.log, name)
+        commit = Commit(files, lambda: self.log.append(f"build {name}"), "/n", name)
+        commit.start(name, self.committer).addCallback(fired.append)
+        return commit
+
+    def runBatch(self, index: int) -> None:
+        deferred, batch = self.started[index]
+        delivery.commitBatch(batch)
+        deferred.callback(None)
+
+    def test_callersDuringABatchShareTheNext(self) -> None:
         """
-        The first caller starts a flush; callers that come while it runs
+        The first commit starts a batch; commits that come while it runs
         wait for the next one, which starts when it ends and answers all of
-        them: three callers, two flushes.
+        them: three commits, two batches, two flushes of new/.
         """
         fired: list[str] = []
-        self.sync.sync().addCallback(lambda _: fired.append("first"))
+        self.commit("first", fired)
         self.assertEqual(len(self.started), 1)
-        self.sync.sync().addCallback(lambda _: fired.append("second"))
-        self.sync.sync().addCallback(lambda _: fired.append("third"))
+        self.commit("second", fired)
+        self.commit("third", fired)
         self.assertEqual(len(self.started), 1)
-        self.started[0].callback(None)
+        self.runBatch(0)
         self.assertEqual(fired, ["first"])
         self.assertEqual(len(self.started), 2)
-        self.started[1].callback(None)
+        self.runBatch(1)
         self.assertEqual(fired, ["first", "second", "third"])
-        self.assertEqual(self.sync.flushes, 2)
+        self.assertEqual(self.committer.batches, 2)
+        self.assertEqual(self.log.count("/n"), 2)
 
-    def test_failureReachesItsCallers(self) -> None:
+    def test_orderWithinABatch(self) -> None:
         """
-        A flush that fails fails the callers it covered, and the next
-        caller gets a new flush.
+        In a batch, every message is built, then all are written out, then
+        each is flushed and moved, then new/ is flushed once for all.
         """
+        fired: list[str] = []
+        self.commit("first", fired)
+        self.commit("a", fired)
+        self.commit("b", fired)
+        self.runBatch(0)
+        del self.log[:]
+        self.runBatch(1)
+        self.assertEqual(
+            self.log,
+            ["build a", "build b", "write a", "write b"]
+            + ["flush a", "move a", "flush b", "move b", "/n"],
+        )
+
+    def test_failureReachesItsCommit(self) -> None:
+        """
+        A message whose flush fails gets 452 4.3.1 and its files are
+        removed; the others of its batch are delivered; the next commit
+        gets a new batch.
+        """
+        fired: list[Any] = []
+        self.commit("first", fired)
+        bad = self.commit("bad", fired)
+        self.commit("good", fired)
+
+        def failing() -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        bad.files.flush = failing  # type: ignore[method-assign]
+        self.runBatch(0)
+        self.runBatch(1)
+        self.assertEqual(fired, ["first", delivery.STORAGE_FAILED, "good"])
+        self.assertIn("remove bad", self.log)
+        self.assertNotIn("move bad", self.log)
+        self.assertNotIn("remove good", self.log)
+        self.commit("later", fired)
+        self.runBatch(2)
+        self.assertEqual(fired[-1], "later")
+
+    def test_batchFailsAsAWhole(self) -> None:
+        """
+        A batch whose thread work could not run fails every commit of it
+        with the error, and removes their files.
+        """
+        fired: list[Any] = []
         failures: list[Any] = []
-        self.sync.sync().addErrback(failures.append)
-        self.started[0].errback(OSError(errno.EIO, "I/O error"))
-        self.assertEqual([f.value.errno for f in failures], [errno.EIO])
-        fired: list[None] = []
-        self.sync.sync().addCallback(fired.append)
-        self.started[1].callback(None)
-        self.assertEqual(fired, [None])
+        files: Any = _FakeFiles(self.log, "x")
+        Commit(files, lambda: None, "/n", "x").start("x", self.committer).addCallbacks(
+            fired.append, failures.append
+        )
+        self.started[0][0].errback(RuntimeError("no thread"))
+        self.assertEqual(fired, [])
+        self.assertEqual([f.type for f in failures], [RuntimeError])
+        self.assertIn("remove x", self.log)
 
 
 class BlockedFlush:
@@ -134,19 +218,20 @@ class DurableCommitTests(TestCase):
     async def test_batchedDirectoryFlush(self) -> None:
         """
         Ten messages committed at once cost two flushes of new/: the first
-        message's, and one that covers the nine renamed while it ran. No
-        message is answered before a flush that began after its rename
-        ended.
+        message's, and one for the nine that came while it ran. No message
+        is answered before a flush that began after its rename ended.
         """
         flush = BlockedFlush(self)
         count = 10
         conns = [self.connect() for _ in range(count)]
         for conn in conns:
             conn.send(dotStuff(MESSAGE))
-        await waitUntil(lambda: len(maildirFiles(self.path, "new")) == count, 20)
-        # All renamed, the first flush still held: nobody has a 250 yet.
+        await waitUntil(lambda: len(maildirFiles(self.path, "new")) == 1, 20)
+        # The first renamed, its flush held: nobody has a 250 yet, and the
+        # nine others wait for the next batch.
         for conn in conns:
             self.assertNotIn(b"250 2.0.0 Message", conn.transport.value())
+        self.assertEqual(len(maildirFiles(self.path, "tmp")), count - 1)
         flush.release()
         await waitUntil(
             lambda: all(b"250 2.0.0 Message" in c.transport.value() for c in conns),

@@ -12,7 +12,9 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import tempfile
+import time
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +23,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
 from esmtpkit import ESMTPHandler
 from esmtpkit.handlers import Maildir
-from esmtpkit.received import headerToken, receivedHeader
+from esmtpkit.received import _cleanToken, headerToken, receivedHeader
 from esmtpkit.session import Params, Recipient, Session, Transaction
 from esmtpkit.testing import LMTPTestConnection, SMTPTestConnection
 
@@ -238,6 +240,40 @@ def test_headerTokenCutsWholeCharacters() -> None:
 
 
 _anyText = st.text(st.characters(codec=None), max_size=2000)
+_asciiText = st.text(st.characters(min_codepoint=0, max_codepoint=127), max_size=400)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.one_of(_asciiText, st.text(max_size=300)),
+    limit=st.integers(0, 300),
+    utf8=st.booleans(),
+)
+def test_headerTokenFastPathIsTheGeneralOne(text: str, limit: int, utf8: bool) -> None:
+    """
+    headerToken's fast path (text with nothing to clean) gives what the
+    character-by-character path gives, for any text, limit and utf8.
+    """
+    assert headerToken(text, limit, utf8) == _cleanToken(text, limit, utf8)
+
+
+def test_receivedDateIsNow() -> None:
+    """
+    Without C{when}, the date clause is the present second's (made once a
+    second): the one C{email.utils} gives for now, give or take a second.
+    """
+    session = Session(
+        peer=IPv4Address("TCP", "192.0.2.7", 1234),
+        hostname="mx.example.test",
+        heloName="client.example",
+    )
+    transaction = Transaction(id="x.1", sender="a@example.org")
+    before = time.time()
+    header = receivedHeader(session, transaction)
+    after = time.time()
+    date = header.decode().rsplit(";", 1)[1].strip()
+    stamp = parsedate_to_datetime(date).timestamp()
+    assert int(before) <= stamp <= after
 _hostileText = st.text(
     st.sampled_from(list('\r\n\t ();<>\\"\x00\x7f\u0085\u2028é€a.-[]:@') + ["\udcff"]),
     max_size=1500,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
+import weakref
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -20,7 +21,7 @@ from .. import threads
 from ..core.rewrite import ModifiedMessage, bodyChunks
 from ..reply import HookResult, Reply
 
-__all__ = ["STORAGE_FAILED", "DirectorySync", "MessageFiles", "Commit"]
+__all__ = ["STORAGE_FAILED", "MessageFiles", "Commit", "Committer", "commitBatch"]
 
 log = Logger(namespace="esmtpkit")
 
@@ -122,16 +123,17 @@ class MessageFiles:
         prefixes: Sequence[bytes],
         message: ModifiedMessage,
         newName: Callable[[], str],
-        fsync: bool,
     ) -> None:
         """
         Make one file per prefix: the prefix, then the C{Received:} header
         and the message as modified. The spool is the first file when its
         prefix and content need no change; otherwise it is rewritten into a
-        new file and removed. Every file is flushed to disk when C{fsync}.
-        All or nothing: on any error every file made is removed.
+        new file and removed. The files stay open (L{flush}, then
+        L{closeAll}). All or nothing: on any error every file made is
+        removed.
 
-        Only file work, no reactor: called in a thread when C{fsync}.
+        Only file work, no reactor: called in a thread when the message is
+        committed durably.
 
         @param newName: makes the path in C{tmp/} of a new file.
         """
@@ -151,17 +153,34 @@ class MessageFiles:
                 copy = self._create(newName())
                 writeAll(copy, prefix)
                 copyFrom(first, copy, commonStart)
-            if fsync:
-                for fd in [first, *self._fds[1 if not reuse else 0 :]]:
-                    os.fsync(fd)
         except BaseException:
             self.closeAll()
             self.remove()
             raise
-        self.closeAll()
         if not reuse:
+            _close(spool)
+            self.spool = None
             unlink(spoolPath)
             self.paths.remove(spoolPath)
+
+    def startWriting(self) -> None:
+        """
+        Start writing the files made to disk, without waiting (so that the
+        flushes of many messages overlap).
+        """
+        for fd in self._open():
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def flush(self) -> None:
+        """
+        Flush every file made to stable storage, and close them.
+        """
+        for fd in self._open():
+            os.fsync(fd)
+        self.closeAll()
+
+    def _open(self) -> list[int]:
+        return ([] if self.spool is None else [self.spool]) + self._fds
 
     def _create(self, path: str) -> int:
         fd = createFile(path)
@@ -216,66 +235,6 @@ class MessageFiles:
         self.moved = []
 
 
-class DirectorySync:
-    """
-    Flushes a directory to disk for every caller, batched: one flush (in a
-    thread) covers every caller that asked before it started, and callers
-    that ask while one runs share the next one. So the renames of many
-    messages committed in the same moment cost one directory flush, not one
-    each.
-    """
-
-    _all: ClassVar[dict[str, DirectorySync]] = {}
-
-    def __init__(
-        self,
-        path: str,
-        inThread: Callable[..., Deferred[None]] = threads.deferToThread,
-    ) -> None:
-        self.path = path
-        self._inThread = inThread
-        self._running = False
-        self._waiting: list[Deferred[None]] = []
-        self.flushes = 0
-
-    @classmethod
-    def forPath(cls, path: str) -> DirectorySync:
-        """
-        The one L{DirectorySync} of directory C{path} in this process.
-        """
-        sync = cls._all.get(path)
-        if sync is None:
-            sync = cls._all[path] = cls(path)
-        return sync
-
-    def sync(self) -> Deferred[None]:
-        """
-        A Deferred that fires once a flush of the directory that started
-        after this call has succeeded (or fails with its error).
-        """
-        deferred: Deferred[None] = Deferred()
-        self._waiting.append(deferred)
-        if not self._running:
-            self._start()
-        return deferred
-
-    def _start(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        self._running = True
-        self.flushes += 1
-        self._inThread(fsyncDirectory, self.path).addBoth(self._done, waiting)
-
-    def _done(self, outcome: object, waiting: list[Deferred[None]]) -> None:
-        self._running = False
-        for deferred in waiting:
-            if isinstance(outcome, Failure):
-                deferred.errback(outcome)
-            else:
-                deferred.callback(None)
-        if self._waiting:
-            self._start()
-
-
 def fsyncDirectory(path: str) -> None:
     """
     Flush directory C{path} (its entries: the names renamed into it) to disk.
@@ -289,14 +248,13 @@ def fsyncDirectory(path: str) -> None:
 
 class Commit:
     """
-    Delivers one message durably: its files are made and flushed in a
-    thread; back in the reactor thread they are moved into C{new/}, the
-    directory is flushed (batched, L{DirectorySync}), and the EOM's
-    Deferred fires with its reply -- unless it was cancelled meanwhile (a
-    hook timeout, the shutdown deadline), in which case the files are
-    removed instead: a message stays in C{new/} only if its acknowledgement
-    could still go out. A storage error removes every file and answers
-    L{STORAGE_FAILED}.
+    One message's durable delivery, done by a L{Committer} with the others
+    of its batch: its files made and flushed, moved into C{new/}, the
+    directory flushed; then the EOM's Deferred fires with its reply --
+    unless it was cancelled meanwhile (a hook timeout, the shutdown
+    deadline), in which case the files are removed instead: a message stays
+    in C{new/} only if its acknowledgement could still go out. A storage
+    error removes every file and answers L{STORAGE_FAILED}.
     """
 
     def __init__(
@@ -307,62 +265,55 @@ class Commit:
         describe: str,
     ) -> None:
         """
-        @param build: makes and flushes the files (run in a thread).
+        @param build: makes the files (run in a thread, L{MessageFiles.build}).
         @param newDir: where the files go.
         @param describe: names the message in a log line.
         """
-        self._files = files
-        self._build = build
-        self._newDir = newDir
+        self.files = files
+        self.build = build
+        self.newDir = newDir
         self._describe = describe
-        self._cancelled = False
+        self.cancelled = False
+        self.error: BaseException | None = None
         self._result: Deferred[HookResult] | None = None
         self._reply: HookResult = None
         self.finished = False
         self._waiting: list[Deferred[None]] = []
 
-    def start(self, reply: HookResult) -> Deferred[HookResult]:
+    def start(
+        self, reply: HookResult, committer: Committer | None = None
+    ) -> Deferred[HookResult]:
         """
         Begin; the result fires with C{reply} once the message is durably
         in C{new/}, with L{STORAGE_FAILED} if it could not be stored.
+
+        @param committer: the one to join (L{Committer.current} by default).
         """
         self._reply = reply
         result: Deferred[HookResult] = Deferred(self._cancel)
         self._result = result
-        threads.deferToThread(self._build).addBoth(self._built)
+        (committer or Committer.current()).add(self)
         return result
 
     def _cancel(self, result: Deferred[HookResult]) -> None:
         # The canceller: the files are dealt with once the work in flight is
         # over; the Deferred fails with CancelledError meanwhile.
-        self._cancelled = True
+        self.cancelled = True
 
-    def _built(self, outcome: object) -> None:
-        if isinstance(outcome, Failure):
-            self._end(outcome)
-            return
-        if self._cancelled:
-            self._end(None)
-            return
-        try:
-            self._files.move(self._newDir)
-        except OSError:
-            self._end(Failure())
-            return
-        DirectorySync.forPath(self._newDir).sync().addBoth(self._synced)
-
-    def _synced(self, outcome: object) -> None:
-        self._end(outcome if isinstance(outcome, Failure) else None)
-
-    def _end(self, failure: Failure | None) -> None:
-        if failure is not None or self._cancelled:
-            self._files.closeAll()
-            self._files.remove()
+    def end(self, failure: Failure | None) -> None:
+        """
+        The batch is over (C{failure}: it could not be run): answer.
+        """
+        if failure is None and self.error is not None:
+            failure = Failure(self.error)
+        if failure is not None or self.cancelled:
+            self.files.closeAll()
+            self.files.remove()
         self.finished = True
         waiting, self._waiting = self._waiting, []
         for deferred in waiting:
             deferred.callback(None)
-        if self._cancelled:
+        if self.cancelled:
             return  # the result failed with CancelledError already
         assert self._result is not None
         if failure is None:
@@ -382,6 +333,108 @@ class Commit:
         deferred: Deferred[None] = Deferred()
         self._waiting.append(deferred)
         return deferred
+
+
+def commitBatch(commits: Sequence[Commit]) -> None:
+    """
+    The file work of a batch of commits, in one thread: every message's
+    files made, then all written out at once and flushed, then moved into
+    C{new/}, then each C{new/} directory flushed once for all. A commit
+    that fails keeps its error in L{Commit.error} (its files are removed
+    later, in the reactor thread); the others go on.
+    """
+    built = []
+    for commit in commits:
+        if commit.cancelled:
+            continue
+        try:
+            commit.build()
+        except Exception as e:
+            commit.error = e
+        else:
+            built.append(commit)
+    for commit in built:
+        try:
+            commit.files.startWriting()
+        except OSError:
+            pass  # the flush below tells
+    moved = []
+    for commit in built:
+        try:
+            commit.files.flush()
+            if not commit.cancelled:
+                commit.files.move(commit.newDir)
+                moved.append(commit)
+        except Exception as e:
+            commit.error = e
+    for newDir in dict.fromkeys(commit.newDir for commit in moved):
+        try:
+            fsyncDirectory(newDir)
+        except OSError as e:
+            for commit in moved:
+                if commit.newDir == newDir:
+                    commit.error = e
+
+
+class Committer:
+    """
+    Commits messages durably, many at a time (a group commit): the first
+    message of a quiet moment starts a batch at once; the messages whose
+    EOM comes while a batch runs make up the next one, which starts when it
+    ends. A batch is one piece of work in a thread (L{commitBatch}), so the
+    flushes of its messages overlap, and its renames into a C{new/} cost
+    one flush of that directory, not one each.
+
+    @ivar batches: the batches run so far.
+    """
+
+    _byRunner: ClassVar[weakref.WeakKeyDictionary[Any, Committer]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, runner: threads.ThreadRunner) -> None:
+        """
+        @param runner: runs each batch (a L{threads.ThreadRunner}).
+        """
+        self._runner = runner
+        self._pending: list[Commit] = []
+        self._running = False
+        self.batches = 0
+
+    @classmethod
+    def current(cls) -> Committer:
+        """
+        The committer of the L{threads.ThreadRunner} in use in the calling
+        thread (one per runner: a server on a reactor of its own, or a test
+        connection running threads inline, has its own).
+        """
+        runner = threads.currentRunner()
+        committer = cls._byRunner.get(runner)
+        if committer is None:
+            committer = cls._byRunner[runner] = cls(runner)
+        return committer
+
+    def add(self, commit: Commit) -> None:
+        """
+        Commit C{commit} in the batch running next.
+        """
+        self._pending.append(commit)
+        if not self._running:
+            self._start()
+
+    def _start(self) -> None:
+        batch, self._pending = self._pending, []
+        self._running = True
+        self.batches += 1
+        self._runner(commitBatch, batch).addBoth(self._done, batch)
+
+    def _done(self, outcome: object, batch: list[Commit]) -> None:
+        self._running = False
+        failure = outcome if isinstance(outcome, Failure) else None
+        for commit in batch:
+            commit.end(failure)
+        if self._pending and not self._running:
+            self._start()
 
 
 def logStorageError(describe: str, error: BaseException) -> None:

@@ -54,6 +54,8 @@ def _uniqueName() -> str:
 def _headerAddress(address: str) -> str:
     # Addresses come from the client (or a handler): no control character
     # may reach a header line.
+    if address.isprintable():
+        return address
     return "".join("?" if not c.isprintable() else c for c in address)
 
 
@@ -106,8 +108,9 @@ class Maildir(ESMTPHandler):
     <esmtpkit.session.Transaction.modifications>} made it).
 
     The message streams into C{tmp/} as it arrives; at EOM it is flushed to
-    disk, moved into C{new/} and the directory flushed (batched across the
-    messages committed in the same moment) before the 250. With the
+    disk, moved into C{new/} and the directory flushed before the 250, in
+    a batch with the messages whose EOM came in the same moment (one
+    thread's work, one flush of C{new/} for all: a group commit). With the
     per-recipient headers on, each recipient gets its own copy (one file
     each, as when an LDA delivers to several mailboxes), all moved into
     C{new/} together or not at all. A quarantined message goes to the
@@ -303,15 +306,13 @@ class Maildir(ESMTPHandler):
             if message.quarantine is not None:
                 self._makeFolder(folder)
             files.build(
-                prefixes,
-                message,
-                lambda: os.path.join(tmpDir, _uniqueName()),
-                self.fsync,
+                prefixes, message, lambda: os.path.join(tmpDir, _uniqueName())
             )
 
         if not self.fsync:
             try:
                 build()
+                files.closeAll()
                 files.move(newDir)
             except OSError as e:
                 files.closeAll()
