@@ -274,6 +274,8 @@ def test_receivedDateIsNow() -> None:
     date = header.decode().rsplit(";", 1)[1].strip()
     stamp = parsedate_to_datetime(date).timestamp()
     assert int(before) <= stamp <= after
+
+
 _hostileText = st.text(
     st.sampled_from(list('\r\n\t ();<>\\"\x00\x7f\u0085\u2028é€a.-[]:@') + ["\udcff"]),
     max_size=1500,

@@ -305,9 +305,7 @@ class Maildir(ESMTPHandler):
         def build() -> None:
             if message.quarantine is not None:
                 self._makeFolder(folder)
-            files.build(
-                prefixes, message, lambda: os.path.join(tmpDir, _uniqueName())
-            )
+            files.build(prefixes, message, lambda: os.path.join(tmpDir, _uniqueName()))
 
         if not self.fsync:
             try:
