@@ -11,16 +11,21 @@ real reactor, because with C{fsync=True} the handler flushes in a thread.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.threads import deferToThread
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import TestCase
 
 from esmtpkit import ReplyError
 from esmtpkit.handlers import Maildir
+from esmtpkit.handlers import delivery
+from esmtpkit.handlers.delivery import SPOOL_MEMORY
 from esmtpkit.testing import SMTPTestConnection, dotStuff, parseReplies
 
 from .helpers import maildirFiles, splitDelivery, splitReceived, tempDir, waitUntil
@@ -95,12 +100,14 @@ def test_messageWithoutTrailingCRLF(tmp_path: Path) -> None:
 def test_disconnectMidMessageLeavesNothing(tmp_path: Path) -> None:
     """
     The client vanishing in the middle of the message removes the partial
-    file from tmp/ and delivers nothing.
+    file from tmp/ (a message past what is kept in memory is there) and
+    delivers nothing.
     """
     conn = _connect(tmp_path)
     _startTransaction(conn)
     assert conn.command("DATA").code == 354
-    conn.send(b"Subject: partial\r\n\r\n" + b"x" * 10000 + b"\r\nmore")
+    body = (b"x" * 998 + b"\r\n") * (SPOOL_MEMORY // 1000 + 1)
+    conn.send(b"Subject: partial\r\n\r\n" + body + b"more")
     assert len(maildirFiles(tmp_path, "tmp")) == 1  # it was being written
     conn.close()
     assert maildirFiles(tmp_path, "tmp") == []
@@ -427,3 +434,54 @@ def test_returnPathOnly(tmp_path: Path) -> None:
     delivery, rest = splitDelivery(path.read_bytes())
     assert delivery == b"Return-Path: <alice@example.org>\r\n"
     assert splitReceived(rest)[1] == MESSAGE
+
+
+_line = st.binary(max_size=300).map(
+    lambda b: b.replace(b"\r", b"").replace(b"\n", b"") + b"\r\n"
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    body=st.lists(_line, max_size=60),
+    memory=st.sampled_from([1, 100, 1000, 4096]),
+    fsync=st.booleans(),
+    recipients=st.integers(1, 2),
+)
+def test_spoolInMemoryIsTheFileSpool(
+    body: list[bytes], memory: int, fsync: bool, recipients: int
+) -> None:
+    """
+    A message kept in memory until its end (the fast path) is stored as
+    one spooled to a file from its first byte (no memory at all), byte for
+    byte, whatever the memory kept, with fsync or without, with one copy
+    or two; and a message that outgrows the memory goes on in a file.
+    """
+    message = b"Subject: spool\r\n\r\n" + b"".join(body)
+    stored = {}
+    for kept in (0, memory):
+        with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as m:
+            m.setattr(delivery, "SPOOL_MEMORY", kept)
+            path = Path(folder)
+            conn = SMTPTestConnection(lambda: Maildir(str(path), fsync=fsync))
+            assert conn.command("EHLO client.example").code == 250
+            assert conn.command("MAIL FROM:<alice@example.org>").code == 250
+            for n in range(recipients):
+                assert conn.command(f"RCPT TO:<r{n}@example.net>").code == 250
+            assert conn.command("DATA").code == 354
+            conn.send(dotStuff(message)[: -len(b".\r\n")])
+            spilled = bool(maildirFiles(path, "tmp"))
+            if kept == 0 or kept < len(message):
+                assert spilled
+            elif kept > len(message) + 1000:  # its headers are less
+                assert not spilled
+            conn.send(b".\r\n")
+            assert [r.code for r in conn.replies()][-1] == 250
+            copies = []
+            for file in maildirFiles(path, "new"):
+                delivered, rest = splitDelivery(file.read_bytes())
+                copies.append(delivered + splitReceived(rest)[1])
+            stored[kept] = sorted(copies)
+            assert maildirFiles(path, "tmp") == []
+    assert stored[memory] == stored[0]
+    assert [s.endswith(message) for s in stored[0]] == [True] * recipients

@@ -231,7 +231,7 @@ class DurableCommitTests(TestCase):
         # nine others wait for the next batch.
         for conn in conns:
             self.assertNotIn(b"250 2.0.0 Message", conn.transport.value())
-        self.assertEqual(len(maildirFiles(self.path, "tmp")), count - 1)
+        self.assertEqual(len(maildirFiles(self.path, "new")), 1)
         flush.release()
         await waitUntil(
             lambda: all(b"250 2.0.0 Message" in c.transport.value() for c in conns),

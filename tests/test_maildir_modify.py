@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -220,7 +221,8 @@ class FullDisk:
     """
     Makes the file system of one folder hold only C{room} more bytes:
     C{os.write} and C{os.sendfile} to files in it fail with ENOSPC past
-    that; C{os.open} of a new file there fails once C{room} is 0.
+    that; C{os.open} of a new file there fails once C{room} is 0;
+    C{os.statvfs} of it tells C{room}.
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, folder: Path, room: int):
@@ -230,6 +232,8 @@ class FullDisk:
         monkeypatch.setattr(os, "write", self.write)
         monkeypatch.setattr(os, "sendfile", self.sendfile)
         monkeypatch.setattr(os, "open", self.open)
+        self._statvfs = os.statvfs
+        monkeypatch.setattr(os, "statvfs", self.statvfs)
 
     def _ours(self, fd: int) -> bool:
         try:
@@ -251,6 +255,17 @@ class FullDisk:
         size = min(count, max(os.fstat(source).st_size - (offset or 0), 0))
         self._take(out, size)
         return self._sendfile(out, source, offset, count)
+
+    def statvfs(self, path: Any) -> Any:
+        real = self._statvfs(path)
+        if not str(path).startswith(self.folder):
+            return real
+        return SimpleNamespace(
+            f_bavail=self.room,
+            f_frsize=1,
+            f_files=real.f_files,
+            f_favail=real.f_favail,
+        )
 
     def open(self, path: Any, flags: int, *args: Any, **kw: Any) -> int:
         if str(path).startswith(self.folder) and flags & os.O_CREAT and not self.room:
@@ -292,6 +307,25 @@ def test_fullAtData(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     disk.room = 10**6
     assert conn.sendMessage(MESSAGE).code == 250
     assert len(maildirFiles(tmp_path, "new")) == 1
+
+
+def test_roomForTheDeclaredSize(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Less room than the SIZE the client declared: DATA gets 452 4.3.1 at
+    once (the client keeps its message); a smaller declared size is taken.
+    """
+    conn = _connect(tmp_path)
+    FullDisk(monkeypatch, tmp_path, 5000)
+    assert conn.command("MAIL FROM:<alice@example.org> SIZE=6000").code == 250
+    assert conn.command("RCPT TO:<carol@example.net>").code == 250
+    _assertFull(conn.command("DATA"))
+    _assertNothingLeft(tmp_path)
+    assert conn.command("RSET").code == 250
+    assert conn.command("MAIL FROM:<alice@example.org> SIZE=100").code == 250
+    assert conn.command("RCPT TO:<carol@example.net>").code == 250
+    assert conn.command("DATA").code == 354
 
 
 @pytest.mark.parametrize("room", [10, 300, 40000])

@@ -21,7 +21,14 @@ from .. import threads
 from ..core.rewrite import ModifiedMessage, bodyChunks
 from ..reply import HookResult, Reply
 
-__all__ = ["STORAGE_FAILED", "MessageFiles", "Commit", "Committer", "commitBatch"]
+__all__ = [
+    "STORAGE_FAILED",
+    "SPOOL_MEMORY",
+    "MessageFiles",
+    "Commit",
+    "Committer",
+    "commitBatch",
+]
 
 log = Logger(namespace="esmtpkit")
 
@@ -30,6 +37,11 @@ STORAGE_FAILED = Reply(452, "Insufficient system storage", enhanced="4.3.1")
 that cannot be written. The client keeps the message and tries later."""
 
 _COPY = 1 << 20
+
+SPOOL_MEMORY = 64 * 1024
+"""How much of a message L{MessageFiles} keeps in memory before it goes
+on in a file in C{tmp/}: a message no bigger is written whole, in the
+committer's thread, at its end."""
 
 
 def createFile(path: str) -> int:
@@ -92,23 +104,32 @@ class MessageFiles:
     The files one message becomes: the spool the message streamed into
     (an optional prefix of delivery headers, the C{Received:} header, the
     header section received, the body), and one copy per prefix made from
-    it at the end.
+    it at the end. The spool is in memory up to L{SPOOL_MEMORY} bytes and
+    in a file in C{tmp/} past that; at the end it is a file either way.
 
     @ivar paths: the files made in C{tmp/} so far, the spool's first.
     @ivar moved: the files moved into C{new/} so far.
     """
 
     def __init__(
-        self, spool: int, spoolPath: str, prefix: bytes, headerOffset: int
+        self,
+        spoolPath: str,
+        prefix: bytes,
+        headerOffset: int,
+        memory: int | None = None,
     ) -> None:
         """
-        @param spool: the descriptor of the spool file, open for writing.
-        @param spoolPath: its path in C{tmp/}.
+        @param spoolPath: the path in C{tmp/} of the spool file, made once
+            the spool outgrows C{memory} bytes (or at the end).
         @param prefix: the delivery headers it starts with.
         @param headerOffset: where the header section received starts in it
             (after the C{Received:} header).
+        @param memory: what the spool keeps in memory (L{SPOOL_MEMORY} by
+            default).
         """
-        self.spool: int | None = spool
+        self.spool: int | None = None
+        self._buffer: bytearray | None = bytearray()
+        self._memory = SPOOL_MEMORY if memory is None else memory
         self.paths = [spoolPath]
         self.moved: list[str] = []
         self.prefix = prefix
@@ -117,6 +138,29 @@ class MessageFiles:
         self.bodyOffset = -1
         self._fds: list[int] = []
         self._delivered: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        """
+        Append C{data} to the spool.
+        """
+        buffer = self._buffer
+        if buffer is not None:
+            if len(buffer) + len(data) <= self._memory:
+                buffer += data
+                return
+            self._spoolFile()
+        assert self.spool is not None
+        writeAll(self.spool, data)
+
+    def _spoolFile(self) -> int:
+        # The spool as a file: made now, with what memory held, if need be.
+        if self._buffer is not None:
+            fd = createFile(self.paths[0])
+            self.spool = fd
+            buffer, self._buffer = self._buffer, None
+            writeAll(fd, buffer)
+        assert self.spool is not None
+        return self.spool
 
     def build(
         self,
@@ -137,9 +181,9 @@ class MessageFiles:
 
         @param newName: makes the path in C{tmp/} of a new file.
         """
-        assert self.spool is not None
-        spool, spoolPath = self.spool, self.paths[0]
+        spoolPath = self.paths[0]
         try:
+            spool = self._spoolFile()
             reuse = not message.contentChanged and prefixes[0] == self.prefix
             if reuse:
                 first, commonStart = spool, self.prefixSize
@@ -210,6 +254,7 @@ class MessageFiles:
         """
         _close(self.spool)
         self.spool = None
+        self._buffer = None
         for fd in self._fds:
             _close(fd)
         self._fds = []
@@ -233,6 +278,21 @@ class MessageFiles:
             unlink(path)
         self.paths = []
         self.moved = []
+
+
+def checkRoom(folder: str, size: int) -> None:
+    """
+    Raise the L{OSError} that making a file of C{size} bytes in C{folder}
+    would meet, as far as can be known without making it: a folder that
+    cannot be written (C{EACCES}), a file system without C{size} bytes or
+    without an inode free (C{ENOSPC}).
+    """
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES), folder)
+    room = os.statvfs(folder)
+    # f_files is 0 where inodes are not counted (btrfs, some tmpfs).
+    if room.f_bavail * room.f_frsize < size or (room.f_files and not room.f_favail):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), folder)
 
 
 def fsyncDirectory(path: str) -> None:

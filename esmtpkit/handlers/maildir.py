@@ -24,7 +24,7 @@ from .delivery import (
     STORAGE_FAILED,
     Commit,
     MessageFiles,
-    createFile,
+    checkRoom,
     fsyncDirectory,
     log,
     logStorageError,
@@ -241,20 +241,23 @@ class Maildir(ESMTPHandler):
         first = transaction.recipients[0] if self.perRecipient else None
         prefix = self.deliveryHeaders(transaction.sender, first)
         received = receivedHeader(self.session, transaction)
-        path = os.path.join(self.path, "tmp", _uniqueName())
+        tmpDir = os.path.join(self.path, "tmp")
+        declared = transaction.mailParams.get("SIZE") or ""
         try:
-            fd = createFile(path)
+            # Room for the size the client declared, or for one more byte.
+            checkRoom(tmpDir, int(declared) if declared.isdigit() else 1)
         except OSError as e:
             raise self._storageError(e) from None
-        self._files = MessageFiles(fd, path, prefix, len(prefix) + len(received))
+        path = os.path.join(tmpDir, _uniqueName())
+        self._files = MessageFiles(path, prefix, len(prefix) + len(received))
         self._write(prefix + received)
         return super().DATA()
 
     def _write(self, data: bytes) -> None:
         files = self._files
-        assert files is not None and files.spool is not None
+        assert files is not None
         try:
-            writeAll(files.spool, data)
+            files.write(data)
         except OSError as e:
             # No more content hooks come after this refusal: nothing stays.
             self._files = None
