@@ -23,8 +23,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import TestCase
 
 from esmtpkit import ReplyError
-from esmtpkit.handlers import Maildir
-from esmtpkit.handlers import delivery
+from esmtpkit.handlers import Maildir, delivery
 from esmtpkit.handlers.delivery import SPOOL_MEMORY
 from esmtpkit.testing import SMTPTestConnection, dotStuff, parseReplies
 
@@ -463,7 +462,7 @@ def test_spoolInMemoryIsTheFileSpool(
         with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as m:
             m.setattr(delivery, "SPOOL_MEMORY", kept)
             path = Path(folder)
-            conn = SMTPTestConnection(lambda: Maildir(str(path), fsync=fsync))
+            conn = SMTPTestConnection(lambda p=str(path): Maildir(p, fsync=fsync))
             assert conn.command("EHLO client.example").code == 250
             assert conn.command("MAIL FROM:<alice@example.org>").code == 250
             for n in range(recipients):

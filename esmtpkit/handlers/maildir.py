@@ -28,7 +28,6 @@ from .delivery import (
     fsyncDirectory,
     log,
     logStorageError,
-    writeAll,
 )
 from .options import HandlerOptions
 
