@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -280,19 +281,33 @@ class MessageFiles:
         self.moved = []
 
 
+_room: dict[str, tuple[int, int]] = {}
+
+
 def checkRoom(folder: str, size: int) -> None:
     """
     Raise the L{OSError} that making a file of C{size} bytes in C{folder}
     would meet, as far as can be known without making it: a folder that
     cannot be written (C{EACCES}), a file system without C{size} bytes or
-    without an inode free (C{ENOSPC}).
+    without an inode free (C{ENOSPC}). A folder found fit is taken as fit
+    for the rest of that second, within the room it had (the writes tell
+    of a disk that filled since).
     """
+    second = int(time.monotonic())
+    known = _room.get(folder)
+    if known is not None and known[0] == second and size <= known[1]:
+        return
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OSError(errno.EACCES, os.strerror(errno.EACCES), folder)
-    room = os.statvfs(folder)
+    found = os.statvfs(folder)
+    available = found.f_bavail * found.f_frsize
     # f_files is 0 where inodes are not counted (btrfs, some tmpfs).
-    if room.f_bavail * room.f_frsize < size or (room.f_files and not room.f_favail):
+    if available < size or (found.f_files and not found.f_favail):
+        _room.pop(folder, None)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), folder)
+    if len(_room) > 64:
+        _room.clear()
+    _room[folder] = (second, available)
 
 
 def fsyncDirectory(path: str) -> None:

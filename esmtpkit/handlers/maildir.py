@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import socket
 import time
 from collections.abc import Mapping
@@ -39,14 +40,20 @@ QUARANTINE_HEADER = "X-Esmtpkit-Quarantine"
 _counter = itertools.count()
 
 
+_host = ""
+
+
 def _uniqueName() -> str:
     # The Maildir naming scheme: time, microseconds, pid, a counter and
-    # randomness, then the host name with "/" and ":" escaped.
+    # randomness, then the host name (the process's first look at it) with
+    # "/" and ":" escaped.
+    global _host
+    if not _host:
+        _host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
     now = time.time()
-    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
     return (
         f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}"
-        f"R{os.urandom(4).hex()}.{host}"
+        f"R{random.getrandbits(32):08x}.{_host}"
     )
 
 
@@ -294,8 +301,14 @@ class Maildir(ESMTPHandler):
             files.closeAll()
             files.remove()
             return reply
+        first = transaction.recipients[0] if self.perRecipient else None
         prefixes = [
-            self.deliveryHeaders(envelope.sender, r, message.quarantine)
+            # The first copy's headers as made at DATA, when nothing changed.
+            files.prefix
+            if r is first
+            and envelope.sender == transaction.sender
+            and message.quarantine is None
+            else self.deliveryHeaders(envelope.sender, r, message.quarantine)
             for r in recipients
         ]
         folder = self.path
