@@ -611,13 +611,18 @@ def scratchRoot(logs: Path) -> Path:
     """
     The folder of the servers' scratch folders, in the run's log folder
     (removed when the run ends): away from the system's temporary folder,
-    where a private Postfix's queue is, so that the inodes its queue frees
-    (see L{Server.cleanUp}) are not where the next server makes its files.
+    where a private Postfix's queue is, and each in a block group of its
+    own, so that the inodes freed by another server or an earlier run (see
+    L{Server.cleanUp}) are not where a server makes its files.
     """
     root = logs / "scratch"
     if not root.exists():
         root.mkdir(parents=True)
         TEMPORARY.append(root)
+        # ext4's "top directory" flag: each folder made in it goes to a
+        # block group of its own choosing, not the one where the last run's
+        # scratch files were just removed (best effort: ext4 only).
+        subprocess.run(["chattr", "+T", str(root)], capture_output=True)
     return root
 
 
