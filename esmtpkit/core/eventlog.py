@@ -114,6 +114,14 @@ def _client(session: Session) -> str:
     return session.peerHost or str(session.peer)
 
 
+def _recipientList(transaction: Transaction) -> str:
+    # _Addresses' text, made directly.
+    recipients = transaction.recipients
+    if len(recipients) == 1:
+        return f"<{recipients[0].address}>"
+    return ",".join([f"<{r.address}>" for r in recipients]) or "<>"
+
+
 def _replyText(reply: Reply) -> str:
     text = " ".join(reply.lines)
     if reply.enhanced:
@@ -148,6 +156,9 @@ class LogObserver(ServerObserver):
         self.level = level
         self._info = _ORDER.index(level) <= _ORDER.index(LogLevel.info)
         self._pending: dict[str, tuple[str | None, str | None]] = {}
+        # Each open session's client as its lines name it (from its connect
+        # line on: behind haproxy:, the address its PROXY header gave).
+        self._clients: dict[str, str] = {}
 
     def _direct(self) -> Callable[[str | None, LogLevel, str], None] | None:
         """
@@ -200,7 +211,7 @@ class LogObserver(ServerObserver):
             REJECT_FORMAT,
             event="reject",
             session=session.id,
-            client=_client(session),
+            client=self._clients.get(session.id) or _client(session),
             helo=helo if helo is not None else session.heloName or "",
             command=command,
             transaction=transaction.id if transaction is not None else None,
@@ -269,9 +280,9 @@ class LogObserver(ServerObserver):
     # -- the rest -----------------------------------------------------------
 
     def connectionOpened(self, session: Session) -> None:
+        client = self._clients[session.id] = _client(session)
         direct = self._direct()
         if direct is not None:
-            client = _client(session)
             direct(
                 self.log.namespace,
                 LogLevel.info,
@@ -283,10 +294,11 @@ class LogObserver(ServerObserver):
             "session {session} connected from {client}",
             event="connect",
             session=session.id,
-            client=_client(session),
+            client=client,
         )
 
     def connectionClosed(self, session: Session) -> None:
+        self._clients.pop(session.id, None)
         limit, detail = self._pending.pop(session.id, (None, None))
         if limit is not None or detail is not None:
             # Told, but no reply followed (the client was gone).
@@ -368,16 +380,16 @@ class LogObserver(ServerObserver):
             if reply.code != first:
                 code = ",".join(str(reply.code) for reply in replies)
                 break
+        client = self._clients.get(session.id) or _client(session)
         direct = self._direct()
         if direct is not None:
             # MESSAGE_FORMAT as an f-string (test_textlog compares the two).
-            to = ",".join([f"<{r.address}>" for r in transaction.recipients]) or "<>"
             direct(
                 self.log.namespace,
                 LogLevel.info,
                 f"session {session.id} message {transaction.id} {outcome}: "
-                f"client={_client(session)} helo=<{session.heloName or ''}> "
-                f"from=<{transaction.sender}> to={to} "
+                f"client={client} helo=<{session.heloName or ''}> "
+                f"from=<{transaction.sender}> to={_recipientList(transaction)} "
                 f"size={transaction.size} reply={code}",
             )
             return
@@ -387,7 +399,7 @@ class LogObserver(ServerObserver):
             MESSAGE_FORMAT,
             event="message",
             session=session.id,
-            client=_client(session),
+            client=client,
             helo=session.heloName or "",
             transaction=transaction.id,
             verdict=outcome,

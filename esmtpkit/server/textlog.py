@@ -87,16 +87,25 @@ class TextLogObserver:
         C{namespace} and C{level} logged now would be written (the fast
         lane of L{esmtpkit.core.eventlog.LogObserver}).
         """
-        if message:
-            self._outFile.write(self._text(namespace, level, time.time(), message))
-            if not self._flushing:
-                # One flush at the end of this reactor turn for every line
-                # of the turn (a line of any other kind flushes at once).
-                reactor = self._reactor
-                if reactor is None:
-                    from twisted.internet import reactor
-                self._flushing = True
-                reactor.callLater(0, self._flush)
+        if not message:
+            return
+        when = time.time()
+        prefix = self._prefixes.get((namespace, level))
+        if prefix is None or int(when) != self._second or "\n" in message:
+            text = self._text(namespace, level, when, message)
+        else:
+            text = f"{self._stamp}{prefix}{message}\n"  # _text, inline
+        self._outFile.write(text)
+        if not self._flushing:
+            # One flush at the end of this reactor turn for every line of
+            # the turn (a line of any other kind flushes at once).
+            reactor = self._reactor
+            if reactor is None:
+                from twisted.internet import reactor as default
+
+                reactor = self._reactor = default
+            self._flushing = True
+            reactor.callLater(0, self._flush)
 
     def _flush(self) -> None:
         self._flushing = False
