@@ -12,13 +12,16 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, LogPublisher, textFileLogObserver
 from twisted.python.failure import Failure
 
 from esmtpkit.core.eventlog import LogObserver
 from esmtpkit.reply import Reply
+from esmtpkit.server import textlog
 from esmtpkit.server.textlog import TextLogObserver
 from esmtpkit.session import Recipient, Session, Transaction
 
@@ -28,10 +31,12 @@ LEVELS = [LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error]
 
 
 def _both() -> tuple[LogPublisher, io.StringIO, io.StringIO]:
+    # Two observers: the fast lane is not taken (its held lines would need
+    # a reactor turn).
     general, fast = io.StringIO(), io.StringIO()
     publisher = LogPublisher()
     publisher.addObserver(textFileLogObserver(general))
-    publisher.addObserver(TextLogObserver(fast))
+    publisher.addObserver(TextLogObserver(fast, reactor=Clock()))
     return publisher, general, fast
 
 
@@ -165,8 +170,9 @@ def test_fastLaneSameLines(
     outputs = []
     for observers in (1, 2):
         out = io.StringIO()
+        clock = Clock()
         publisher = LogPublisher()
-        publisher.addObserver(TextLogObserver(out))
+        publisher.addObserver(TextLogObserver(out, reactor=clock))
         if observers == 2:
             publisher.addObserver(lambda event: None)  # the general lane
         observer = LogObserver(Logger(observer=publisher, namespace="esmtpkit"))
@@ -174,6 +180,7 @@ def test_fastLaneSameLines(
         observer.connectionOpened(session)
         observer.transactionEnded(session, transaction, outcome, replies)
         observer.connectionClosed(session)
+        clock.advance(0)  # the end of the reactor turn
         outputs.append(_withoutStamp(out.getvalue()))
     assert outputs[0] == outputs[1]
     assert sum(line.startswith("[esmtpkit#info] ") for line in outputs[0]) == 3
@@ -189,23 +196,101 @@ class _Recording(io.StringIO):
 
 def test_fastLaneFlushesOncePerTurn() -> None:
     """
-    Finished lines are flushed once, at the end of the reactor turn that
-    wrote them; an event of any other kind flushes at once.
+    Finished lines are held, then written and flushed at once, at the end
+    of the reactor turn that made them; an event of any other kind writes
+    what is held, then itself, and flushes at once.
     """
-    from twisted.internet.task import Clock
-
     clock = Clock()
     out = _Recording()
     observer = TextLogObserver(out, reactor=clock)
     for n in range(3):
         observer.writeLine("esmtpkit", LogLevel.info, f"line {n}")
-    assert out.flushes == 0 and out.getvalue().count("\n") == 3
+    assert out.flushes == 0 and out.getvalue() == ""
     clock.advance(0)
-    assert out.flushes == 1
+    assert out.flushes == 1 and out.getvalue().count("\n") == 3
     clock.advance(0)
     assert out.flushes == 1  # nothing new: no second flush
     observer.writeLine("esmtpkit", LogLevel.info, "again")
     Logger(observer=observer, namespace="esmtpkit").warn("at once")
     assert out.flushes == 2
+    lines = out.getvalue().splitlines()
+    assert [line.split("] ", 1)[1] for line in lines[-2:]] == ["again", "at once"]
     clock.advance(0)
-    assert out.flushes == 3
+    assert out.flushes == 2  # nothing held any more
+
+
+def test_heldLinesWrittenAtShutdown() -> None:
+    """
+    Lines made in the reactor's last turn (by a shutdown trigger, as the
+    drain's disconnect lines are) are written by its shutdown, in a real
+    process on the real reactor.
+    """
+    script = (
+        "import sys\n"
+        "from twisted.internet import reactor\n"
+        "from twisted.logger import LogLevel\n"
+        "from esmtpkit.server.textlog import TextLogObserver\n"
+        "observer = TextLogObserver(sys.stdout)\n"
+        "observer.writeLine('esmtpkit', LogLevel.info, 'first')\n"
+        "reactor.addSystemEventTrigger('before', 'shutdown',"
+        " lambda: observer.writeLine('esmtpkit', LogLevel.info, 'last words'))\n"
+        "reactor.callWhenRunning(reactor.stop)\n"
+        "reactor.run()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line.split("] ", 1)[1] for line in done.stdout.splitlines()]
+    assert lines == ["first", "last words"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),  # through writeLine (else as a log event)
+            st.sampled_from(["esmtpkit", "other"]),
+            st.sampled_from([LogLevel.info, LogLevel.warn]),
+            st.sampled_from(["line", "two\nlines", "x"]),
+            st.sampled_from([1e9, 1e9 + 0.5, 1e9 + 1, 1e9 + 7200.25]),
+        ),
+        max_size=15,
+    )
+)
+def test_fastLaneAndEventsInterleaved(
+    writes: list[tuple[bool, str, LogLevel, str, float]],
+) -> None:
+    """
+    Lines of writeLine and events written the general way, in any order,
+    over several seconds, namespaces and levels: each is written as twistd
+    would write the event (the timestamp and prefix writeLine keeps from
+    line to line are never stale).
+    """
+    general, fast = io.StringIO(), io.StringIO()
+    reference = textFileLogObserver(general)
+    clock = Clock()
+    observer = TextLogObserver(fast, reactor=clock)
+    now = [0.0]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(textlog.time, "time", lambda: now[0])
+        for direct, namespace, level, message, when in writes:
+            now[0] = when
+            event = {
+                "log_namespace": namespace,
+                "log_level": level,
+                "log_time": when,
+                "log_format": "{log_line}",
+                "log_line": message,
+            }
+            reference(dict(event))
+            if direct:
+                observer.writeLine(namespace, level, message)
+            else:
+                observer(event)
+    clock.advance(0)
+    assert fast.getvalue() == general.getvalue()

@@ -159,6 +159,8 @@ class LogObserver(ServerObserver):
         # Each open session's client as its lines name it (from its connect
         # line on: behind haproxy:, the address its PROXY header gave).
         self._clients: dict[str, str] = {}
+        self._laneOf: object = None
+        self._lane: Callable[[str | None, LogLevel, str], None] | None = None
 
     def _direct(self) -> Callable[[str | None, LogLevel, str], None] | None:
         """
@@ -172,7 +174,11 @@ class LogObserver(ServerObserver):
         observers = getattr(self.log.observer, "_observers", None)
         if observers is None or len(observers) != 1:
             return None
-        return getattr(observers[0], "writeLine", None)  # type: ignore[no-any-return]
+        only = observers[0]
+        if only is not self._laneOf:
+            self._laneOf = only
+            self._lane = getattr(only, "writeLine", None)
+        return self._lane
 
     def _emit(self, level: LogLevel, template: str, **fields: Any) -> None:
         """

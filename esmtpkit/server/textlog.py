@@ -34,8 +34,10 @@ class TextLogObserver:
     Writes each event to a text file in C{twistd}'s format
     (C{TIMESTAMP [namespace#level] text}, continuation lines indented with
     a tab), flushing after each; the finished lines of L{writeLine} are
-    flushed once at the end of the reactor turn that wrote them (a process
-    killed with SIGKILL loses at most that turn's lines).
+    held and written at once, with one write and one flush, at the end of
+    the reactor turn that made them, whatever the file's own buffering (a
+    process killed with SIGKILL loses at most that turn's lines; the
+    reactor's shutdown writes what is held).
     """
 
     def __init__(self, outFile: IO[str], reactor: Any = None) -> None:
@@ -49,6 +51,11 @@ class TextLogObserver:
         self._stamp = ""
         self._prefixes: dict[tuple[Any, Any], str] = {}
         self._flushing = False
+        self._held: list[str] = []
+        self._atShutdown = False
+        self._lastNamespace: Any = None
+        self._lastLevel: Any = None
+        self._head = ""
 
     def __call__(self, event: LogEvent) -> None:
         line = event.get("log_line")
@@ -78,6 +85,8 @@ class TextLogObserver:
                     when,
                     message,
                 )
+        if self._held:
+            self._writeHeld()
         self._outFile.write(text)
         self._outFile.flush()
 
@@ -90,26 +99,41 @@ class TextLogObserver:
         if not message:
             return
         when = time.time()
-        prefix = self._prefixes.get((namespace, level))
-        if prefix is None or int(when) != self._second or "\n" in message:
-            text = self._text(namespace, level, when, message)
+        if (
+            namespace is self._lastNamespace
+            and level is self._lastLevel
+            and int(when) == self._second
+            and "\n" not in message
+        ):
+            # _text, inline, for the same namespace, level and second.
+            self._held.append(f"{self._head}{message}\n")
         else:
-            text = f"{self._stamp}{prefix}{message}\n"  # _text, inline
-        self._outFile.write(text)
+            self._held.append(self._text(namespace, level, when, message))
         if not self._flushing:
-            # One flush at the end of this reactor turn for every line of
-            # the turn (a line of any other kind flushes at once).
             reactor = self._reactor
             if reactor is None:
                 from twisted.internet import reactor as default
 
                 reactor = self._reactor = default
+            if not self._atShutdown:
+                # The last turn's lines (the drain's) are written too.
+                self._atShutdown = True
+                trigger = getattr(reactor, "addSystemEventTrigger", None)
+                if trigger is not None:
+                    trigger("after", "shutdown", self._flush)
             self._flushing = True
             reactor.callLater(0, self._flush)
 
+    def _writeHeld(self) -> None:
+        text = "".join(self._held)
+        self._held.clear()
+        self._outFile.write(text)
+
     def _flush(self) -> None:
         self._flushing = False
-        self._outFile.flush()
+        if self._held:
+            self._writeHeld()
+            self._outFile.flush()
 
     def _text(self, namespace: Any, level: Any, when: float, message: str) -> str:
         second = int(when)
@@ -124,9 +148,13 @@ class TextLogObserver:
             prefix = self._prefixes[key] = f" [{namespace}#{name}] "
             if len(self._prefixes) > 64:
                 self._prefixes.clear()
+        # What writeLine's next line of this namespace and level, in this
+        # second, starts with.
+        self._lastNamespace, self._lastLevel = namespace, level
+        self._head = self._stamp + prefix
         if "\n" in message:
             message = message.replace("\n", "\n\t")
-        return f"{self._stamp}{prefix}{message}\n"
+        return f"{self._head}{message}\n"
 
 
 def logAsText(service: Any, options: Any) -> None:
