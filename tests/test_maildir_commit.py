@@ -79,6 +79,7 @@ class CommitterTests(TestCase):
             return self.started[-1][0]
 
         self.committer = Committer(runner)
+        self.committer.atOnce = 1
         self.patch(delivery, "fsyncDirectory", lambda path: self.log.append(path))
 
     def commit(self, name: str, fired: list[Any]) -> Commit:
@@ -111,6 +112,27 @@ class CommitterTests(TestCase):
         self.assertEqual(fired, ["first", "second", "third"])
         self.assertEqual(self.committer.batches, 2)
         self.assertEqual(self.log.count("/n"), 2)
+
+    def test_twoBatchesAtOnce(self) -> None:
+        """
+        With two batches allowed at once (the default), the second commit
+        starts its own batch while the first runs; the third waits, and
+        starts when either ends.
+        """
+        self.committer.atOnce = Committer.atOnce
+        self.assertEqual(Committer.atOnce, 2)
+        fired: list[str] = []
+        self.commit("first", fired)
+        self.commit("second", fired)
+        self.assertEqual(len(self.started), 2)
+        self.commit("third", fired)
+        self.assertEqual(len(self.started), 2)
+        self.runBatch(1)
+        self.assertEqual(fired, ["second"])
+        self.assertEqual(len(self.started), 3)
+        self.runBatch(0)
+        self.runBatch(2)
+        self.assertEqual(fired, ["second", "first", "third"])
 
     def test_orderWithinABatch(self) -> None:
         """
@@ -217,10 +239,12 @@ class DurableCommitTests(TestCase):
 
     async def test_batchedDirectoryFlush(self) -> None:
         """
-        Ten messages committed at once cost two flushes of new/: the first
-        message's, and one for the nine that came while it ran. No message
-        is answered before a flush that began after its rename ended.
+        Ten messages committed at once, one batch at a time, cost two
+        flushes of new/: the first message's, and one for the nine that
+        came while it ran. No message is answered before a flush that began
+        after its rename ended.
         """
+        self.patch(Committer, "atOnce", 1)
         flush = BlockedFlush(self)
         count = 10
         conns = [self.connect() for _ in range(count)]

@@ -453,15 +453,20 @@ def commitBatch(commits: Sequence[Commit]) -> None:
 
 class Committer:
     """
-    Commits messages durably, many at a time (a group commit): the first
-    message of a quiet moment starts a batch at once; the messages whose
-    EOM comes while a batch runs make up the next one, which starts when it
-    ends. A batch is one piece of work in a thread (L{commitBatch}), so the
-    flushes of its messages overlap, and its renames into a C{new/} cost
-    one flush of that directory, not one each.
+    Commits messages durably, many at a time (a group commit): a message
+    that comes while fewer than L{atOnce} batches run starts one at once;
+    the messages whose EOM comes while L{atOnce} batches run make up the
+    next one, which starts when one of them ends. A batch is one piece of
+    work in a thread (L{commitBatch}), so the flushes of its messages
+    overlap, and its renames into a C{new/} cost one flush of that
+    directory, not one each.
 
     @ivar batches: the batches run so far.
     """
+
+    atOnce = 2
+    """How many batches may run at once: a second one overlaps its file
+    work with the flushes the first is waiting for."""
 
     _byRunner: ClassVar[weakref.WeakKeyDictionary[Any, Committer]] = (
         weakref.WeakKeyDictionary()
@@ -473,7 +478,7 @@ class Committer:
         """
         self._runner = runner
         self._pending: list[Commit] = []
-        self._running = False
+        self._running = 0
         self.batches = 0
 
     @classmethod
@@ -494,21 +499,21 @@ class Committer:
         Commit C{commit} in the batch running next.
         """
         self._pending.append(commit)
-        if not self._running:
+        if self._running < self.atOnce:
             self._start()
 
     def _start(self) -> None:
         batch, self._pending = self._pending, []
-        self._running = True
+        self._running += 1
         self.batches += 1
         self._runner(commitBatch, batch).addBoth(self._done, batch)
 
     def _done(self, outcome: object, batch: list[Commit]) -> None:
-        self._running = False
+        self._running -= 1
         failure = outcome if isinstance(outcome, Failure) else None
         for commit in batch:
             commit.end(failure)
-        if self._pending and not self._running:
+        if self._pending and self._running < self.atOnce:
             self._start()
 
 
