@@ -115,24 +115,28 @@ class CommitterTests(TestCase):
 
     def test_twoBatchesAtOnce(self) -> None:
         """
-        With two batches allowed at once (the default), the second commit
-        starts its own batch while the first runs; the third waits, and
-        starts when either ends.
+        By default a second batch starts while one runs once it has four
+        messages (fewer wait for the running one); a third waits for either
+        to end.
         """
         self.committer.atOnce = Committer.atOnce
-        self.assertEqual(Committer.atOnce, 2)
+        self.assertEqual((Committer.atOnce, Committer.fullBatch), (2, 4))
         fired: list[str] = []
         self.commit("first", fired)
-        self.commit("second", fired)
+        for name in "abc":
+            self.commit(name, fired)
+        self.assertEqual(len(self.started), 1)
+        self.commit("d", fired)
         self.assertEqual(len(self.started), 2)
-        self.commit("third", fired)
-        self.assertEqual(len(self.started), 2)
+        self.assertEqual([c._describe for c in self.started[1][1]], list("abcd"))
+        self.commit("late", fired)
         self.runBatch(1)
-        self.assertEqual(fired, ["second"])
-        self.assertEqual(len(self.started), 3)
+        self.assertEqual(fired, list("abcd"))
+        self.assertEqual(len(self.started), 2)  # "late" alone waits
         self.runBatch(0)
+        self.assertEqual(len(self.started), 3)
         self.runBatch(2)
-        self.assertEqual(fired, ["second", "first", "third"])
+        self.assertEqual(fired, [*"abcd", "first", "late"])
 
     def test_orderWithinABatch(self) -> None:
         """

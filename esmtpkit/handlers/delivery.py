@@ -453,10 +453,11 @@ def commitBatch(commits: Sequence[Commit]) -> None:
 
 class Committer:
     """
-    Commits messages durably, many at a time (a group commit): a message
-    that comes while fewer than L{atOnce} batches run starts one at once;
-    the messages whose EOM comes while L{atOnce} batches run make up the
-    next one, which starts when one of them ends. A batch is one piece of
+    Commits messages durably, many at a time (a group commit): the first
+    message of a quiet moment starts a batch at once; the messages whose
+    EOM comes while a batch runs make up the next one, which starts when a
+    running one ends, or at once when it has L{fullBatch} messages and
+    fewer than L{atOnce} batches run. A batch is one piece of
     work in a thread (L{commitBatch}), so the flushes of its messages
     overlap, and its renames into a C{new/} cost one flush of that
     directory, not one each.
@@ -465,8 +466,12 @@ class Committer:
     """
 
     atOnce = 2
-    """How many batches may run at once: a second one overlaps its file
-    work with the flushes the first is waiting for."""
+    """How many batches may run at once: another one overlaps its file
+    work with the flushes the first is waiting for..."""
+
+    fullBatch = 4
+    """... when it has at least this many messages (with fewer, they wait
+    for a running batch to end: each batch costs a flush of C{new/})."""
 
     _byRunner: ClassVar[weakref.WeakKeyDictionary[Any, Committer]] = (
         weakref.WeakKeyDictionary()
@@ -499,8 +504,14 @@ class Committer:
         Commit C{commit} in the batch running next.
         """
         self._pending.append(commit)
-        if self._running < self.atOnce:
+        if self._ready():
             self._start()
+
+    def _ready(self) -> bool:
+        running = self._running
+        return not running or (
+            running < self.atOnce and len(self._pending) >= self.fullBatch
+        )
 
     def _start(self) -> None:
         batch, self._pending = self._pending, []
@@ -513,7 +524,7 @@ class Committer:
         failure = outcome if isinstance(outcome, Failure) else None
         for commit in batch:
             commit.end(failure)
-        if self._pending and self._running < self.atOnce:
+        if self._pending and self._ready():
             self._start()
 
 
