@@ -115,28 +115,28 @@ class CommitterTests(TestCase):
 
     def test_twoBatchesAtOnce(self) -> None:
         """
-        By default a second batch starts while one runs once it has four
+        By default a second batch starts while one runs once it has eight
         messages (fewer wait for the running one); a third waits for either
         to end.
         """
         self.committer.atOnce = Committer.atOnce
-        self.assertEqual((Committer.atOnce, Committer.fullBatch), (2, 4))
+        self.assertEqual((Committer.atOnce, Committer.fullBatch), (2, 8))
         fired: list[str] = []
         self.commit("first", fired)
-        for name in "abc":
+        for name in "abcdefg":
             self.commit(name, fired)
         self.assertEqual(len(self.started), 1)
-        self.commit("d", fired)
+        self.commit("h", fired)
         self.assertEqual(len(self.started), 2)
-        self.assertEqual([c._describe for c in self.started[1][1]], list("abcd"))
+        self.assertEqual([c._describe for c in self.started[1][1]], list("abcdefgh"))
         self.commit("late", fired)
         self.runBatch(1)
-        self.assertEqual(fired, list("abcd"))
+        self.assertEqual(fired, list("abcdefgh"))
         self.assertEqual(len(self.started), 2)  # "late" alone waits
         self.runBatch(0)
         self.assertEqual(len(self.started), 3)
         self.runBatch(2)
-        self.assertEqual(fired, [*"abcd", "first", "late"])
+        self.assertEqual(fired, [*"abcdefgh", "first", "late"])
 
     def test_orderWithinABatch(self) -> None:
         """

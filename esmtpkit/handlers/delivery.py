@@ -469,7 +469,7 @@ class Committer:
     """How many batches may run at once: another one overlaps its file
     work with the flushes the first is waiting for..."""
 
-    fullBatch = 4
+    fullBatch = 8
     """... when it has at least this many messages (with fewer, they wait
     for a running batch to end: each batch costs a flush of C{new/})."""
 
