@@ -22,7 +22,8 @@ from twisted.trial.unittest import TestCase
 
 from esmtpkit import ESMTPFactory
 from esmtpkit.handlers import Maildir, delivery
-from esmtpkit.handlers.delivery import Commit, Committer
+from esmtpkit.handlers import commit as committing
+from esmtpkit.handlers.commit import Commit, Committer
 from esmtpkit.testing import SMTPTestConnection, dotStuff
 
 from .helpers import (
@@ -74,13 +75,13 @@ class CommitterTests(TestCase):
         self.log: list[str] = []
 
         def runner(function: Any, batch: list[Commit]) -> Deferred[None]:
-            self.assertIs(function, delivery.commitBatch)
+            self.assertIs(function, committing.commitBatch)
             self.started.append((Deferred(), batch))
             return self.started[-1][0]
 
         self.committer = Committer(runner)
         self.committer.atOnce = 1
-        self.patch(delivery, "fsyncDirectory", lambda path: self.log.append(path))
+        self.patch(committing, "fsyncDirectory", lambda path: self.log.append(path))
 
     def commit(self, name: str, fired: list[Any]) -> Commit:
         files: Any = _FakeFiles(self.log, name)
@@ -90,7 +91,7 @@ class CommitterTests(TestCase):
 
     def runBatch(self, index: int) -> None:
         deferred, batch = self.started[index]
-        delivery.commitBatch(batch)
+        committing.commitBatch(batch)
         deferred.callback(None)
 
     def test_callersDuringABatchShareTheNext(self) -> None:
@@ -200,7 +201,7 @@ class CommitterTests(TestCase):
 
 class BlockedFlush:
     """
-    Replaces L{delivery.fsyncDirectory}: counts the directory flushes, and
+    Replaces L{committing.fsyncDirectory}: counts the directory flushes, and
     holds the first one until L{release}.
     """
 
@@ -208,7 +209,7 @@ class BlockedFlush:
         self.calls: list[str] = []
         self._gate = threading.Event()
         self._real = delivery.fsyncDirectory
-        testCase.patch(delivery, "fsyncDirectory", self)
+        testCase.patch(committing, "fsyncDirectory", self)
         testCase.addCleanup(self._gate.set)
 
     def __call__(self, path: str) -> None:
@@ -316,7 +317,7 @@ class DurableCommitTests(TestCase):
         def failing(path: str) -> None:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-        self.patch(delivery, "fsyncDirectory", failing)
+        self.patch(committing, "fsyncDirectory", failing)
         conn = self.connect()
         conn.send(dotStuff(MESSAGE))
         await waitUntil(lambda: b"\r\n452 " in conn.transport.value(), 20)

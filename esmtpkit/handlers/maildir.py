@@ -21,9 +21,9 @@ from ..received import receivedHeader
 from ..reply import HookResult, ReplyError
 from ..session import Recipient
 from ..smtp.address import isValidMailbox
+from .commit import Commit
 from .delivery import (
     STORAGE_FAILED,
-    Commit,
     MessageFiles,
     checkRoom,
     fsyncDirectory,
