@@ -9,10 +9,12 @@ end, a real server on loopback whose handler modifies messages at EOM.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import smtplib
 import stat
 import threading
+import weakref
 from typing import Any
 
 from twisted.internet import reactor
@@ -20,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from esmtpkit import ESMTPFactory
+from esmtpkit import ESMTPFactory, threads
 from esmtpkit.handlers import Maildir, delivery
 from esmtpkit.handlers import commit as committing
 from esmtpkit.handlers.commit import Commit, Committer
@@ -79,6 +81,7 @@ class CommitterTests(TestCase):
             self.started.append((Deferred(), batch))
             return self.started[-1][0]
 
+        self.runner = runner  # the committer holds it weakly
         self.committer = Committer(runner)
         self.committer.atOnce = 1
         self.patch(committing, "fsyncDirectory", lambda path: self.log.append(path))
@@ -138,6 +141,23 @@ class CommitterTests(TestCase):
         self.assertEqual(len(self.started), 3)
         self.runBatch(2)
         self.assertEqual(fired, [*"abcdefgh", "first", "late"])
+
+    def test_runnerNotKeptAlive(self) -> None:
+        """
+        The committer of a runner (as a live server's, on its own reactor)
+        does not keep the runner alive: once the runner is gone, so is its
+        committer.
+        """
+
+        def runner(function: Any, batch: Any) -> Deferred[None]:
+            return Deferred()
+
+        with threads.runningWith(runner):
+            committer = weakref.ref(Committer.current())
+        self.assertIsNotNone(committer())
+        del runner
+        gc.collect()
+        self.assertIsNone(committer())
 
     def test_orderWithinABatch(self) -> None:
         """

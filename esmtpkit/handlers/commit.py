@@ -180,7 +180,10 @@ class Committer:
         """
         @param runner: runs each batch (a L{threads.ThreadRunner}).
         """
-        self._runner = runner
+        # Held weakly: the committers of current() are values of a dict
+        # whose weak keys are their runners (a live server's runner, and
+        # its reactor, must not be kept alive by its committer).
+        self._runner = weakref.ref(runner)
         self._pending: list[Commit] = []
         self._running = 0
         self.batches = 0
@@ -216,7 +219,10 @@ class Committer:
         batch, self._pending = self._pending, []
         self._running += 1
         self.batches += 1
-        self._runner(commitBatch, batch).addBoth(self._done, batch)
+        runner = self._runner()
+        if runner is None:  # not used any more: run where the caller would
+            runner = threads.currentRunner()
+        runner(commitBatch, batch).addBoth(self._done, batch)
 
     def _done(self, outcome: object, batch: list[Commit]) -> None:
         self._running -= 1
