@@ -15,6 +15,7 @@ comes near RFC 5322's limit of 998 octets.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import time
@@ -72,6 +73,7 @@ def _cleanToken(text: str, limit: int, utf8: bool) -> str:
     return "".join(clean)
 
 
+@functools.lru_cache(maxsize=1024)
 def _origin(host: str) -> str:
     """
     The client's address for the C{from} clause: C{[192.0.2.1]} or

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from esmtpkit.core.modifications import Modifications
 from esmtpkit.core.rewrite import (
     ModifiedMessage,
+    _foldHeader,
     bodyChunks,
     formatHeader,
     rewriteEnvelope,
@@ -370,3 +371,16 @@ def test_quarantine() -> None:
     transaction = _transaction()
     transaction.modifications.quarantineMessage("looks like a virus")
     assert ModifiedMessage(transaction).quarantine == "looks like a virus"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.sampled_from(["X", "Delivered-To", "Return-Path"]),
+    value=st.text(st.sampled_from(list("ab \t\r\n:\xe9\udcff")), max_size=40),
+)
+def test_formatHeaderFastPathIsTheFolding(name: str, value: str) -> None:
+    """
+    formatHeader's fast path (a value without line breaks) gives what
+    folding it line by line gives, for any value.
+    """
+    assert formatHeader(name, value) == _foldHeader(name, value)

@@ -47,6 +47,13 @@ def formatHeader(name: str, value: str) -> bytes:
     white space gets one space, and an empty continuation line is left out,
     so that no value can end the header section or start another header.
     """
+    if "\n" not in value and "\r" not in value:
+        return f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
+    return _foldHeader(name, value)
+
+
+def _foldHeader(name: str, value: str) -> bytes:
+    # formatHeader, line by line (its fast path's reference).
     first, *rest = _LINE_BREAK.split(value)
     lines = [f"{name}: {first}"]
     for line in rest:

@@ -127,11 +127,12 @@ def commitBatch(commits: Sequence[Commit]) -> None:
             commit.error = e
         else:
             built.append(commit)
-    for commit in built:
-        try:
-            commit.files.startWriting()
-        except OSError:
-            pass  # the flush below tells
+    if len(built) > 1:  # one message alone: its flush writes it anyway
+        for commit in built:
+            try:
+                commit.files.startWriting()
+            except OSError:
+                pass  # the flush below tells
     moved = []
     for commit in built:
         try:
