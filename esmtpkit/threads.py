@@ -55,10 +55,7 @@ def deferToThread(f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]
     @return: a Deferred firing with C{f}'s result, or failing with what it
         raised.
     """
-    runner: ThreadRunner | None = getattr(_local, "runner", None)
-    if runner is None:
-        return threads.deferToThread(f, *args, **kwargs)
-    result: Deferred[T] = runner(f, *args, **kwargs)
+    result: Deferred[T] = currentRunner()(f, *args, **kwargs)
     return result
 
 

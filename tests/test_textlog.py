@@ -96,6 +96,20 @@ def test_eventLogLinesAndFailures() -> None:
     assert "ZeroDivisionError" in fast.getvalue()
 
 
+def _runPython(script: str) -> subprocess.CompletedProcess[str]:
+    # A Python script in a process of its own, from the project's root;
+    # it must succeed.
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_twistdUsesIt(tmp_path: Any) -> None:
     """
     C{twistd esmtpkit} logs through a L{TextLogObserver} (the application's
@@ -116,14 +130,7 @@ def test_twistdUsesIt(tmp_path: Any) -> None:
         "    makeService(options).setServiceParent(application)\n"
         "    print(type(ILogObserver(application)).__name__)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _runPython(script)
     assert done.stdout.split() == ["TextLogObserver", "JSONLogObserver"]
 
 
@@ -237,14 +244,7 @@ def test_heldLinesWrittenAtShutdown() -> None:
         "reactor.callWhenRunning(reactor.stop)\n"
         "reactor.run()\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _runPython(script)
     lines = [line.split("] ", 1)[1] for line in done.stdout.splitlines()]
     assert lines == ["first", "last words"]
 

@@ -158,6 +158,7 @@ class Maildir(ESMTPHandler):
             messages, made when first needed.
         """
         self.path = os.path.abspath(path)
+        self._tmpDir = os.path.join(self.path, "tmp")
         self.fsync = fsync
         self.returnPath = returnPath
         self.deliveredTo = deliveredTo
@@ -247,14 +248,13 @@ class Maildir(ESMTPHandler):
         first = transaction.recipients[0] if self.perRecipient else None
         prefix = self.deliveryHeaders(transaction.sender, first)
         received = receivedHeader(self.session, transaction)
-        tmpDir = os.path.join(self.path, "tmp")
         declared = transaction.mailParams.get("SIZE") or ""
         try:
             # Room for the size the client declared, or for one more byte.
-            checkRoom(tmpDir, int(declared) if declared.isdigit() else 1)
+            checkRoom(self._tmpDir, int(declared) if declared.isdigit() else 1)
         except OSError as e:
             raise self._storageError(e) from None
-        path = os.path.join(tmpDir, _uniqueName())
+        path = os.path.join(self._tmpDir, _uniqueName())
         self._files = MessageFiles(path, prefix, len(prefix) + len(received))
         self._write(prefix + received)
         return super().DATA()
@@ -315,7 +315,7 @@ class Maildir(ESMTPHandler):
         if message.quarantine is not None:
             folder = os.path.join(self.path, self.quarantineFolder)
         newDir = os.path.join(folder, "new")
-        tmpDir = os.path.join(self.path, "tmp")
+        tmpDir = self._tmpDir
 
         def build() -> None:
             if message.quarantine is not None:
